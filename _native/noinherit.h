@@ -1,0 +1,54 @@
+/* pytest-noinherit native core: the C side of the cffi module
+ * pytest_noinherit._core.  Every function returns >= 0 on success and -1
+ * with errno set on failure; no Python objects cross this boundary.
+ *
+ * This header is both the C declaration and the cffi cdef (build_core.py
+ * reads it), so it may only use what cffi's parser understands.
+ */
+
+/* One open descriptor, five 64-bit words, so Python can copy a whole table
+ * into an array('Q') in one memcpy and compare two tables with memcmp. */
+typedef struct {
+    uint64_t fd;
+    uint64_t flags;   /* NIC_FLAG_* bits */
+    uint64_t dev;     /* st_dev: with ino, the identity of the open file */
+    uint64_t ino;
+    uint64_t mode;    /* st_mode: the file type bits give the kind */
+} nic_entry;
+
+#define NIC_FLAG_CLOEXEC 1
+
+/* Snapshot methods.  AUTO picks the fastest correct one for the platform. */
+#define NIC_METHOD_AUTO 0
+#define NIC_METHOD_POLL 1    /* Linux: poll() scan validated by the /proc/self/fd count */
+#define NIC_METHOD_PROCFS 2  /* Linux: raw getdents64 over /proc/self/fd */
+#define NIC_METHOD_SCAN 3    /* generic POSIX: poll() over [0, soft limit) + F_GETFD */
+#define NIC_METHOD_NATIVE 4  /* the platform's own lister (proc_pidinfo, /dev/fd) */
+
+/* Fill out[0..cap) with the process's open descriptors in ascending order,
+ * the snapshot's own working descriptors excluded.  Returns the number of
+ * open descriptors; when that is more than cap only cap entries are filled
+ * and the caller retries with a larger buffer. */
+int nic_snapshot(nic_entry *out, int cap, int method);
+
+/* The inheritable flag (PEP 446): 1 inheritable, 0 close-on-exec. */
+int nic_get_inheritable(int fd);
+int nic_set_inheritable(int fd, int inheritable);
+
+/* Mark every descriptor >= low close-on-exec, except the nkeep numbers in
+ * keep (any order). */
+int nic_seal(int low, const int *keep, int nkeep);
+
+/* What the descriptor refers to (readlink of /proc/self/fd/N on Linux,
+ * F_GETPATH on macOS), NUL-terminated in buf.  Returns its length. */
+int nic_target(int fd, char *buf, int size);
+
+/* Socket family, type and protocol, and the raw local and peer addresses
+ * (sockaddr bytes; *len is the buffer size in, the address size out, 0 when
+ * there is none).  -1 with ENOTSOCK for a descriptor that is no socket. */
+int nic_socket_info(int fd, int *family, int *type, int *protocol,
+                    unsigned char *local, int *local_len,
+                    unsigned char *peer, int *peer_len);
+
+/* The platform backend compiled in: "linux", "darwin", "bsd" or "posix". */
+const char *nic_platform(void);

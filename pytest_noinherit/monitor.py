@@ -1,0 +1,241 @@
+"""The per-session runtime: snapshots around each test, the verdict, the findings.
+
+One :class:`Monitor` is registered as the plugin ``noinherit-monitor`` for
+the session (pytest's logging plugin is the model); plugin.py's module-level
+hooks only create it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import warnings
+from collections.abc import Generator, Iterable
+from typing import Any, Optional
+
+import pytest
+
+from pytest_noinherit import allowances as allow_mod
+from pytest_noinherit import fdtable, findings
+from pytest_noinherit.allowances import Allowance
+from pytest_noinherit.fdtable import FdEntry, FdTable
+from pytest_noinherit.settings import Settings
+from pytest_noinherit.spawns import Spawn, SpawnTracker, describe_entry
+from pytest_noinherit.warning_types import DescriptorLeakWarning
+
+Key = tuple[int, int, int]
+
+BEFORE = pytest.StashKey[FdTable]()
+PHASE_FINDINGS = pytest.StashKey[dict[str, list[dict[str, Any]]]]()
+ALLOWANCES = pytest.StashKey[list[Allowance]]()
+
+
+def _key(e: FdEntry) -> Key:
+    return (e.fd, e.dev, e.ino)
+
+
+class Monitor:
+    """Judges every test phase; collects findings from every report."""
+
+    def __init__(self, config: pytest.Config, settings: Settings, baseline: FdTable) -> None:
+        self.config = config
+        self.settings = settings
+        self.baseline = [e for e in baseline if e.inheritable and e.fd >= 3]
+        self.record_dir = tempfile.mkdtemp(prefix="pytest-noinherit-")
+        self.tracker = SpawnTracker({_key(e) for e in self.baseline}, self.record_dir)
+        self.summary = findings.Summary()
+        # Descriptors already reported: a leak is blamed on one test, never on the next.
+        self.reported: set[Key] = set()
+        # Broader-scoped fixtures own what their setup opened until their teardown.
+        self.owned: dict[int, tuple[str, list[FdEntry]]] = {}
+        self.fixture_leftovers: list[tuple[str, FdEntry]] = []
+        self.tracker.install()
+
+    def close(self) -> None:
+        """Undo everything: wrappers removed, record directory deleted."""
+        self.tracker.uninstall()
+        shutil.rmtree(self.record_dir, ignore_errors=True)
+
+    # -- test phases ------------------------------------------------------------
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        self._judge_outside(self.tracker.drain())
+        item.stash[BEFORE] = fdtable.snapshot()
+        item.stash[PHASE_FINDINGS] = {}
+        item.stash[ALLOWANCES] = self._marker_allowances(item)
+        return (yield from self._phase(item, "setup"))
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
+        return (yield from self._phase(item, "call"))
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
+        return (yield from self._phase(item, "teardown"))
+
+    def _phase(self, item: pytest.Item, when: str) -> Generator[None, None, None]:
+        try:
+            result = yield
+        except BaseException:
+            # The test's own failure wins; the violation is still recorded and shown.
+            self._judge(item, when, own_failure=True)
+            raise
+        self._judge(item, when, own_failure=False)
+        return result
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(
+        self, item: pytest.Item, call: pytest.CallInfo[None]
+    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        report = yield
+        found = item.stash.get(PHASE_FINDINGS, {}).get(call.when)
+        if found:
+            report.noinherit = found  # type: ignore[attr-defined]
+        return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        found = getattr(report, "noinherit", None)
+        if isinstance(found, list):
+            self.summary.add(f for f in found if isinstance(f, dict) and "type" in f)
+
+    # -- fixtures of broader scope ----------------------------------------------
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_fixture_setup(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> Generator[None, object, object]:
+        if fixturedef.scope == "function":
+            return (yield)
+        before = fdtable.snapshot()
+        try:
+            return (yield)
+        finally:
+            owned = {_key(e) for _, entries in self.owned.values() for e in entries}
+            added = [e for e in fdtable.snapshot().added_since(before) if _key(e) not in owned]
+            if added:
+                name = f"{fixturedef.scope}-scoped fixture {fixturedef.argname!r}"
+                self.owned[id(fixturedef)] = (name, added)
+
+    def pytest_fixture_post_finalizer(
+        self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
+    ) -> None:
+        owned = self.owned.pop(id(fixturedef), None)
+        if owned is None:
+            return
+        name, entries = owned
+        still = fdtable.snapshot().keys()
+        self.fixture_leftovers += [(f"{name}'s teardown", e) for e in entries if _key(e) in still]
+
+    # -- the verdict ------------------------------------------------------------
+
+    def _marker_allowances(self, item: pytest.Item) -> list[Allowance]:
+        result = []
+        for mark in item.iter_markers(allow_mod.MARKER):
+            try:
+                result.append(allow_mod.build(f"marker on {item.nodeid}", mark.args, mark.kwargs))
+            except ValueError as exc:
+                pytest.fail(
+                    f"noinherit: bad @pytest.mark.{allow_mod.MARKER} on {item.nodeid}: {exc}",
+                    pytrace=False,
+                )
+        return result
+
+    def allow_at_runtime(self, item: pytest.Item, allowance: Allowance) -> None:
+        """What the ``noinherit`` fixture's allow() calls."""
+        item.stash.setdefault(ALLOWANCES, []).append(allowance)
+
+    def _child_findings(
+        self, item: Optional[pytest.Item], phase: str, spawns: Iterable[Spawn]
+    ) -> list[dict[str, Any]]:
+        nodeid = item.nodeid if item is not None else "(outside any test)"
+        granted = list(self.settings.allowances)
+        if item is not None:
+            granted = item.stash.get(ALLOWANCES, []) + granted
+        result = []
+        for spawn in spawns:
+            for desc in spawn.received:
+                key = (desc.fd, desc.dev, desc.ino)
+                if key in self.reported:
+                    continue
+                f = findings.child_finding(findings.VIOLATION, nodeid, phase, spawn, desc)
+                verdict = self.config.hook.pytest_noinherit_allow(item=item, descriptor=dict(f))
+                by = next((a for a in granted if a.matches(desc)), None) if verdict is None else None
+                if verdict or by is not None:
+                    f["type"] = findings.ALLOWED
+                    f["allowed_by"] = str(by) if by is not None else "pytest_noinherit_allow hook"
+                else:
+                    self.reported.add(key)
+                result.append(f)
+        return result
+
+    def _judge_outside(self, spawns: list[Spawn]) -> None:
+        found = self._child_findings(None, "outside", spawns)
+        for f in found:
+            self.config.hook.pytest_noinherit_finding(item=None, finding=f)
+        self.summary.add(found)
+
+    def _judge(self, item: pytest.Item, when: str, own_failure: bool) -> None:
+        found = self._child_findings(item, when, self.tracker.drain())
+        leaks: list[dict[str, Any]] = []
+        if when == "teardown":
+            leftovers, leaks = self._table_findings(item)
+            found += leftovers
+        for f in found + leaks:
+            self.config.hook.pytest_noinherit_finding(item=item, finding=f)
+        item.stash.setdefault(PHASE_FINDINGS, {})[when] = found + leaks
+        for f in leaks:
+            warnings.warn_explicit(
+                DescriptorLeakWarning(
+                    f"{findings.describe_fd(f)} was opened by {f['owner']} and is still open"
+                ),
+                DescriptorLeakWarning,
+                filename=str(item.path),
+                lineno=(item.location[1] or 0) + 1,
+            )
+        failing = [f for f in found if f["type"] in (findings.VIOLATION, findings.LEFTOVER)]
+        if not failing:
+            return
+        item.add_report_section(when, "noinherit", findings.details_section(failing))
+        if not own_failure:
+            pytest.fail(findings.failure_message(failing), pytrace=False)
+
+    def _table_findings(
+        self, item: pytest.Item
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """Strict leftovers and leaks of a test whose teardown just ended."""
+        before = item.stash.get(BEFORE, None)
+        fixture_left, self.fixture_leftovers = self.fixture_leftovers, []
+        if before is None:
+            return [], []
+        after = fdtable.snapshot()
+        owned = {_key(e) for _, entries in self.owned.values() for e in entries}
+        suspects = [("the test", e) for e in after.added_since(before) if _key(e) not in owned]
+        suspects += [("the test", e) for e in after.made_inheritable_since(before)]
+        suspects += fixture_left
+        existed = before.keys()
+        leftovers, leaks = [], []
+        for owner, entry in suspects:
+            key = _key(entry)
+            if key in self.reported:
+                continue
+            if entry.inheritable and self.settings.strict:
+                found = leftovers
+                type_ = findings.LEFTOVER
+            elif key not in existed or owner != "the test":
+                found, type_ = leaks, findings.LEAK
+            else:
+                continue  # made inheritable but not new: only strict mode minds
+            self.reported.add(key)
+            found.append(
+                findings.table_finding(type_, item.nodeid, "teardown", describe_entry(entry), owner)
+            )
+        return leftovers, leaks
+
+    # -- the end of the session -------------------------------------------------
+
+    def finish(self) -> None:
+        """Judge what arrived after the last test (late records, session teardown)."""
+        with contextlib.suppress(Exception):
+            self._judge_outside(self.tracker.drain() + self.tracker.read_records())

@@ -1,0 +1,163 @@
+"""The native backend: the only module that touches the cffi ``ffi`` and ``lib``.
+
+Every function validates its arguments the way :mod:`os` does, calls one C
+function of ``pytest_noinherit._core`` and copies the result out into plain
+Python objects; a C failure (-1 with ``errno``) becomes :class:`OSError`.
+Importing this module raises :class:`ImportError` when the extension was not
+built, so the caller can fall back to the pure-Python backend.
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import operator
+import os
+import threading
+from collections.abc import Iterable
+from typing import NoReturn, SupportsIndex
+
+from pytest_noinherit._core import ffi, lib
+
+__all__ = [
+    "ENTRY_WORDS",
+    "METHODS",
+    "get_inheritable",
+    "platform",
+    "seal",
+    "set_inheritable",
+    "snapshot",
+    "socket_info",
+    "target",
+]
+
+#: Words of an entry in a :func:`snapshot` array: fd, flags, dev, ino, mode.
+ENTRY_WORDS = 5
+_ENTRY_BYTES = ENTRY_WORDS * 8
+assert ffi.sizeof("nic_entry") == _ENTRY_BYTES
+
+#: Snapshot method names and their C values.
+METHODS: dict[str, int] = {
+    "auto": lib.NIC_METHOD_AUTO,
+    "poll": lib.NIC_METHOD_POLL,
+    "procfs": lib.NIC_METHOD_PROCFS,
+    "scan": lib.NIC_METHOD_SCAN,
+    "native": lib.NIC_METHOD_NATIVE,
+}
+
+_INT_MIN = -(2**31)
+_INT_MAX = 2**31 - 1
+_TARGET_SIZE = 4096  # PATH_MAX on Linux, MAXPATHLEN on macOS
+_SOCKADDR_SIZE = 128  # sizeof(struct sockaddr_storage)
+
+
+class _Sizing(threading.local):
+    """The last snapshot's length, to size the next buffer in one go.
+
+    A per-thread hint, not state: a wrong guess only costs a retry.
+    """
+
+    last_count = 0
+
+
+_sizing = _Sizing()
+
+
+def _c_int(value: SupportsIndex) -> int:
+    """``value`` as a C int, refused exactly as :func:`os.get_inheritable` refuses it."""
+    number = operator.index(value)  # TypeError for non-integers, as os raises
+    if not _INT_MIN <= number <= _INT_MAX:
+        raise OverflowError("Python int too large to convert to C int")
+    return number
+
+
+def _raise_errno() -> NoReturn:
+    """Raise the OSError for the errno the last C call left."""
+    err = ffi.errno
+    raise OSError(err, os.strerror(err))
+
+
+def snapshot(method: str = "auto") -> array.array[int]:
+    """The open descriptors in ascending order, five ``Q`` words each (see ENTRY_WORDS)."""
+    try:
+        code = METHODS[method]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown snapshot method {method!r}") from None
+    cap = max(64, _sizing.last_count * 2)
+    while True:
+        buf = ffi.new("nic_entry[]", cap)
+        n = lib.nic_snapshot(buf, cap, code)
+        if n < 0:
+            _raise_errno()
+        if n <= cap:
+            break
+        cap = n + n // 2  # the table grew; retry with room to spare
+    _sizing.last_count = n
+    table: array.array[int] = array.array("Q")
+    table.frombytes(ffi.buffer(buf, n * _ENTRY_BYTES))
+    return table
+
+
+def get_inheritable(fd: int) -> bool:
+    """Whether ``fd`` is inheritable (PEP 446), like :func:`os.get_inheritable`."""
+    result = lib.nic_get_inheritable(_c_int(fd))
+    if result < 0:
+        _raise_errno()
+    return bool(result)
+
+
+def set_inheritable(fd: int, inheritable: bool) -> None:
+    """Set ``fd``'s inheritable flag, like :func:`os.set_inheritable`."""
+    c_fd = _c_int(fd)
+    flag = _c_int(inheritable)
+    if lib.nic_set_inheritable(c_fd, 1 if flag else 0) < 0:
+        _raise_errno()
+
+
+def seal(low: int = 3, keep: Iterable[int] = ()) -> None:
+    """Make every descriptor >= ``low`` close-on-exec, except those in ``keep``."""
+    c_low = _c_int(low)
+    kept = [_c_int(fd) for fd in keep]
+    if lib.nic_seal(c_low, ffi.new("int[]", kept), len(kept)) < 0:
+        _raise_errno()
+
+
+def target(fd: int) -> str | None:
+    """What ``fd`` refers to (a path, ``pipe:[ino]``...), or None where unknowable."""
+    c_fd = _c_int(fd)
+    buf = ffi.new("char[]", _TARGET_SIZE)
+    n = lib.nic_target(c_fd, buf, _TARGET_SIZE)
+    if n < 0:
+        if ffi.errno == errno.ENOSYS:
+            return None
+        _raise_errno()
+    return os.fsdecode(ffi.buffer(buf, n)[:])
+
+
+def socket_info(fd: int) -> tuple[int, int, int, bytes, bytes] | None:
+    """``(family, type, protocol, local, peer)`` raw sockaddr bytes, or None for a non-socket."""
+    c_fd = _c_int(fd)
+    family = ffi.new("int *")
+    sock_type = ffi.new("int *")
+    protocol = ffi.new("int *")
+    local = ffi.new("unsigned char[]", _SOCKADDR_SIZE)
+    local_len = ffi.new("int *", _SOCKADDR_SIZE)
+    peer = ffi.new("unsigned char[]", _SOCKADDR_SIZE)
+    peer_len = ffi.new("int *", _SOCKADDR_SIZE)
+    if lib.nic_socket_info(c_fd, family, sock_type, protocol, local, local_len, peer, peer_len) < 0:
+        if ffi.errno == errno.ENOTSOCK:
+            return None
+        _raise_errno()
+    return (
+        family[0],
+        sock_type[0],
+        protocol[0],
+        ffi.buffer(local, local_len[0])[:],
+        ffi.buffer(peer, peer_len[0])[:],
+    )
+
+
+def platform() -> str:
+    """The platform backend compiled in: ``linux``, ``darwin``, ``bsd`` or ``posix``."""
+    name: bytes = ffi.string(lib.nic_platform())
+    return name.decode("ascii")

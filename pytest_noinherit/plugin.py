@@ -1,0 +1,143 @@
+"""pytest-noinherit's hooks: each a few lines that hand over to the Monitor."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from typing import Any, Optional, Union
+
+import pytest
+
+from pytest_noinherit import allowances, fdtable, findings, newhooks, settings
+from pytest_noinherit.fdtable import FdTable
+from pytest_noinherit.monitor import Monitor
+
+MONITOR = pytest.StashKey[Monitor]()
+EARLY_TABLE = pytest.StashKey[FdTable]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    settings.add_options(parser)
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(newhooks)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    # The session baseline: what pytest inherited, taken before any conftest runs.
+    try:
+        early_config.stash[EARLY_TABLE] = fdtable.snapshot()
+    except fdtable.BackendError:
+        pass  # reported as a usage error by pytest_configure
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", allowances.MARKER_HELP)
+    resolved = settings.resolve(config)
+    try:
+        baseline = config.stash.get(EARLY_TABLE, None) or fdtable.snapshot()
+    except fdtable.BackendError as exc:
+        raise pytest.UsageError(f"noinherit: {exc}") from None
+    monitor = Monitor(config, resolved, baseline)
+    config.stash[MONITOR] = monitor
+    config.add_cleanup(monitor.close)
+    config.pluginmanager.register(monitor, "noinherit-monitor")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    monitor = config.stash[MONITOR]
+    s = monitor.settings
+    base = ", ".join(str(e.fd) for e in monitor.baseline) or "none"
+    return (
+        f"noinherit: backend {fdtable.backend()} ({fdtable.backend_reason()}),"
+        f" strict {'on' if s.strict else 'off'}, baseline fds: {base}"
+    )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    monitor = session.config.stash.get(MONITOR, None)
+    if monitor is None:
+        return
+    monitor.finish()
+    path = monitor.settings.report_path
+    if path and not hasattr(session.config, "workerinput"):
+        write_json_report(path, monitor)
+
+
+def write_json_report(path: str, monitor: Monitor) -> None:
+    """Every finding, the baseline and the settings, as one JSON document."""
+    doc = {
+        "backend": fdtable.backend(),
+        "strict": monitor.settings.strict,
+        "baseline": [{"fd": e.fd, "kind": e.kind, "dev": e.dev, "ino": e.ino} for e in monitor.baseline],
+        "findings": monitor.summary.findings,
+    }
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(doc, f, indent=2)
+    except OSError as exc:
+        raise pytest.UsageError(f"--noinherit-report: cannot write {path}: {exc}") from None
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    monitor = terminalreporter.config.stash.get(MONITOR, None)
+    if monitor is not None:
+        findings.write_summary(terminalreporter, monitor.summary, monitor.baseline, monitor.tracker.problems)
+
+
+class NoinheritControls:
+    """What the ``noinherit`` fixture gives a test."""
+
+    def __init__(self, monitor: Monitor, item: pytest.Item) -> None:
+        self._monitor = monitor
+        self._item = item
+
+    def allow(
+        self, *targets: Union[int, Any], kind: Optional[str] = None, path: Optional[str] = None
+    ) -> None:
+        """Allow children of this test to receive these descriptors.
+
+        Each target is a descriptor number or anything with ``fileno()`` (a
+        file, a socket); such an object allows that very open file only.
+        """
+        fds, identities = [], {}
+        for target in targets:
+            fd = target if isinstance(target, int) else _fileno(target)
+            fds.append(fd)
+            if not isinstance(target, int):
+                entry = fdtable.snapshot().get(fd)
+                if entry is not None:
+                    identities[fd] = entry.identity
+        kwargs = {k: v for k, v in (("kind", kind), ("path", path)) if v is not None}
+        source = f"noinherit.allow() in {self._item.nodeid}"
+        try:
+            if len(fds) > 1:
+                for fd in fds:
+                    self._monitor.allow_at_runtime(
+                        self._item, allowances.build(source, [fd], kwargs, identities)
+                    )
+                return
+            granted = allowances.build(source, fds, kwargs, identities)
+        except ValueError as exc:
+            raise TypeError(f"noinherit.allow(): {exc}") from None
+        self._monitor.allow_at_runtime(self._item, granted)
+
+
+def _fileno(obj: Any) -> int:
+    try:
+        fd = obj.fileno()
+    except AttributeError:
+        raise TypeError(
+            f"noinherit.allow() takes descriptor numbers or objects with fileno(), not {obj!r}"
+        ) from None
+    if not isinstance(fd, int):
+        raise TypeError(f"{obj!r}.fileno() returned {fd!r}")
+    return fd
+
+
+@pytest.fixture
+def noinherit(request: pytest.FixtureRequest) -> Generator[NoinheritControls, None, None]:
+    """Allow descriptors to reach this test's children at run time: ``noinherit.allow(fd)``."""
+    yield NoinheritControls(request.config.stash[MONITOR], request.node)

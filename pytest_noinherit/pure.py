@@ -1,0 +1,157 @@
+"""The pure-Python backend: the reference every other backend must agree with.
+
+It uses only what the standard library offers (``os.listdir`` on
+``/proc/self/fd``, ``fcntl``, ``os.fstat``), so it runs wherever CPython runs
+on Linux and serves as the fallback when the native core was not built.
+The functions mirror ``pytest_noinherit.native`` one for one.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import operator
+import os
+import resource
+import socket
+import sys
+from array import array
+from collections.abc import Iterable
+from typing import Optional
+
+__all__ = [
+    "get_inheritable",
+    "platform",
+    "seal",
+    "set_inheritable",
+    "snapshot",
+    "socket_info",
+    "target",
+]
+
+_FD_DIR = "/proc/self/fd" if sys.platform.startswith("linux") else "/dev/fd"
+_METHODS = ("auto", "poll", "procfs", "scan", "native")
+# Same ceiling as the native scan: a slot loop must stay bounded.
+_SCAN_CEILING = 1 << 20
+
+
+def _entry(out: array, fd: int) -> None:
+    """Append fd's five words to out; skip it silently when it is not open."""
+    try:
+        fd_flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+        st = os.fstat(fd)
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            return
+        raise
+    out.extend((fd, fd_flags & fcntl.FD_CLOEXEC, st.st_dev, st.st_ino, st.st_mode))
+
+
+def _listed_fds() -> Optional[list[int]]:
+    """The numbers listed in the fd directory, or None when it cannot be read."""
+    try:
+        names = os.listdir(_FD_DIR)
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOENT, errno.EACCES, errno.ENOTDIR):
+            return None
+        raise
+    return sorted(int(name) for name in names)
+
+
+def _scanned_fds() -> list[int]:
+    """Every slot below the soft limit: the fallback without an fd directory."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if soft == resource.RLIM_INFINITY or soft > _SCAN_CEILING:
+        soft = _SCAN_CEILING
+    return list(range(soft))
+
+
+def snapshot(method: str = "auto") -> array:
+    """Every open descriptor as five words (fd, flags, dev, ino, mode), by fd."""
+    if method not in _METHODS:
+        raise ValueError(f"unknown snapshot method {method!r}; expected one of {_METHODS}")
+    fds = None if method == "scan" else _listed_fds()
+    if fds is None:
+        fds = _scanned_fds()
+    out = array("Q")
+    # The directory listing's own descriptor is closed by now: _entry skips
+    # it (EBADF) unless another thread reused the number, as it should.
+    for fd in fds:
+        _entry(out, fd)
+    return out
+
+
+def _check_fd(fd: int) -> int:
+    """Validate fd the way os.get_inheritable does."""
+    fd = operator.index(fd)
+    if not -(2**31) <= fd < 2**31:
+        raise OverflowError("Python int too large to convert to C int")
+    return fd
+
+
+def get_inheritable(fd: int) -> bool:
+    """Whether fd survives exec (PEP 446's inheritable flag)."""
+    fd = _check_fd(fd)
+    return not fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+
+
+def set_inheritable(fd: int, inheritable: int) -> None:
+    """Set or clear fd's inheritable flag."""
+    fd = _check_fd(fd)
+    inheritable = operator.index(inheritable)
+    flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+    wanted = flags & ~fcntl.FD_CLOEXEC if inheritable else flags | fcntl.FD_CLOEXEC
+    if wanted != flags:
+        fcntl.fcntl(fd, fcntl.F_SETFD, wanted)
+
+
+def seal(low: int = 3, keep: Iterable[int] = ()) -> None:
+    """Mark every descriptor from low upward close-on-exec, except those in keep."""
+    low = _check_fd(low)
+    kept = {_check_fd(fd) for fd in keep}
+    table = snapshot()
+    for i in range(0, len(table), 5):
+        fd = table[i]
+        if fd >= low and fd not in kept and not table[i + 1] & fcntl.FD_CLOEXEC:
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFD, table[i + 1] | fcntl.FD_CLOEXEC)
+            except OSError as exc:  # closed by another thread meanwhile
+                if exc.errno != errno.EBADF:
+                    raise
+
+
+def target(fd: int) -> Optional[str]:
+    """What fd refers to: a path, ``socket:[ino]``, ``pipe:[ino]``, ``anon_inode:...``."""
+    fd = _check_fd(fd)
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except FileNotFoundError:
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF)) from None
+
+
+def socket_info(fd: int) -> Optional[tuple[int, int, int, object, object]]:
+    """Family, type, protocol, local and peer address of a socket, or None."""
+    fd = _check_fd(fd)
+    try:
+        # fileno= borrows the descriptor without a dup; detach() gives it back.
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        if exc.errno == errno.ENOTSOCK:
+            return None
+        raise
+    try:
+        local = sock.getsockname()
+        try:
+            peer: object = sock.getpeername()
+        except OSError:
+            peer = None
+        return (int(sock.family), int(sock.type), sock.proto, local, peer)
+    finally:
+        sock.detach()
+
+
+def platform() -> str:
+    """The platform this backend reads: the fd directory it lists."""
+    return sys.platform

@@ -1,0 +1,93 @@
+"""Command-line options and ini keys, resolved once into a frozen Settings.
+
+Precedence: ini < command line; markers refine per test (see allowances).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import pytest
+
+from pytest_noinherit.allowances import Allowance, parse_ini_allowance
+
+STRICT_HELP = (
+    "also fail tests that leave inheritable descriptors open after they end (the CI flag)"
+)
+REPORT_HELP = "write every finding as JSON to this path"
+ALLOW_HELP = (
+    "project-wide allowances, one per line: a descriptor number, kind=KIND or path=GLOB"
+)
+PROBE_HELP = "exec probe: on, off or auto (auto = on in strict mode only)"
+PATCH_HELP = "patch the stdlib descriptor creators to PEP 446 semantics for the session"
+PROBE_MODES = ("on", "off", "auto")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Everything the plugin was told, checked once at configure time."""
+
+    strict: bool
+    report_path: Optional[str]
+    allowances: tuple[Allowance, ...]
+    probe: str
+    patch: bool
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register the options group and its ini twins."""
+    group = parser.getgroup("noinherit", "descriptor inheritance (pytest-noinherit)")
+    group.addoption(
+        "--noinherit-strict", action="store_true", default=None, help=STRICT_HELP
+    )
+    group.addoption("--noinherit-report", metavar="PATH", default=None, help=REPORT_HELP)
+    group.addoption(
+        "--noinherit-probe", metavar="MODE", default=None, help=PROBE_HELP
+    )
+    group.addoption(
+        "--noinherit-patch", action="store_true", default=None, help=PATCH_HELP
+    )
+    parser.addini("noinherit_strict", STRICT_HELP, type="bool", default=False)
+    parser.addini("noinherit_allow", ALLOW_HELP, type="linelist", default=[])
+    parser.addini("noinherit_probe", PROBE_HELP, default="auto")
+    parser.addini("noinherit_patch", PATCH_HELP, type="bool", default=False)
+
+
+def resolve(config: pytest.Config) -> Settings:
+    """Read options and ini keys; a bad value is a UsageError naming it."""
+    strict = config.getoption("noinherit_strict")
+    if strict is None:
+        strict = _ini_bool(config, "noinherit_strict")
+    patch = config.getoption("noinherit_patch")
+    if patch is None:
+        patch = _ini_bool(config, "noinherit_patch")
+    probe = config.getoption("noinherit_probe")
+    source = "--noinherit-probe"
+    if probe is None:
+        probe, source = str(config.getini("noinherit_probe")), "ini noinherit_probe"
+    probe = probe.strip().lower()
+    if probe not in PROBE_MODES:
+        raise pytest.UsageError(
+            f"{source}: {probe!r} is not a probe mode; use one of {', '.join(PROBE_MODES)}"
+        )
+    allowances = []
+    for line in config.getini("noinherit_allow"):
+        try:
+            allowances.append(parse_ini_allowance(line))
+        except ValueError as exc:
+            raise pytest.UsageError(f"ini noinherit_allow: {exc}") from None
+    return Settings(
+        strict=bool(strict),
+        report_path=config.getoption("noinherit_report"),
+        allowances=tuple(allowances),
+        probe=probe,
+        patch=bool(patch),
+    )
+
+
+def _ini_bool(config: pytest.Config, name: str) -> bool:
+    try:
+        return bool(config.getini(name))
+    except ValueError as exc:
+        raise pytest.UsageError(f"ini {name}: {exc}") from None
