@@ -55,7 +55,7 @@ def table_finding(type_: str, nodeid: str, phase: str, desc: ChildDescriptor, ow
 
 
 def _argv_text(argv: Sequence[str], limit: int = 80) -> str:
-    text = " ".join(argv)
+    text = " ".join(argv).replace("\n", "\\n")
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
+import functools
 import json
 import os
 import sys
@@ -148,9 +148,14 @@ class SpawnTracker:
         import subprocess
 
         self._wrap(subprocess.Popen, "_execute_child", self._wrap_popen)
+        import posix
+
         for name in ("posix_spawn", "posix_spawnp"):
             if hasattr(os, name):
-                self._wrap(os, name, self._wrap_posix_spawn)
+                # The same function under two names: code calls either.
+                wrapper = self._wrap(os, name, self._wrap_posix_spawn)
+                self._restore.append((posix, name, getattr(posix, name)))
+                setattr(posix, name, wrapper)
         with contextlib.suppress(ImportError):
             import _posixsubprocess
 
@@ -164,10 +169,16 @@ class SpawnTracker:
             setattr(owner, name, original)
         self._restore.clear()
 
-    def _wrap(self, owner: object, name: str, factory: Callable[[Any], Any]) -> None:
+    def _wrap(self, owner: object, name: str, factory: Callable[[Any], Any]) -> Any:
         original = getattr(owner, name)
         self._restore.append((owner, name, original))
-        setattr(owner, name, factory(original))
+        wrapper = functools.wraps(original)(factory(original))
+        if not isinstance(owner, type):
+            # A builtin stored as a class attribute does not bind; a Python
+            # function would, so module functions get a non-binding callable.
+            wrapper = _Builtinlike(wrapper)
+        setattr(owner, name, wrapper)
+        return wrapper
 
     # -- draining -------------------------------------------------------------
 
@@ -195,6 +206,10 @@ class SpawnTracker:
         return spawns
 
     def _add(self, spawn: Spawn) -> None:
+        if os.getpid() != self.owner_pid:
+            # A fork child spawning on its own: its memory is not ours.
+            _write_record(self.record_dir, spawn)
+            return
         with self._lock:
             self._pending.append(spawn)
 
@@ -235,14 +250,15 @@ class SpawnTracker:
 
     @contextlib.contextmanager
     def _spawning(self) -> Iterator[bool]:
-        """True for the outermost spawn call of this thread (subprocess may call posix_spawn)."""
-        outer = not getattr(self._local, "busy", False)
+        """True when this tracker should inspect the spawn: it is the innermost
+        session's, and this is the outermost spawn call of the thread
+        (subprocess may call posix_spawn)."""
+        busy = getattr(self._local, "busy", False)
         self._local.busy = True
         try:
-            yield outer
+            yield _audit.current is self and not busy
         finally:
-            if outer:
-                self._local.busy = False
+            self._local.busy = busy
 
     def _wrap_popen(self, original: Callable[..., Any]) -> Callable[..., Any]:
         import inspect
@@ -319,6 +335,7 @@ class SpawnTracker:
             self._fork_table = fdtable.snapshot()
             self._forked = True
         elif event == "os.exec" and os.getpid() != self.owner_pid:
+            self._forked = True
             self._report_exec(args)
 
     def _report_exec(self, args: tuple[Any, ...]) -> None:
@@ -412,31 +429,55 @@ def _load_record(path: str) -> Spawn:
             os.unlink(path)
 
 
+class _Builtinlike:
+    """A callable without __get__, so it behaves like the builtin it stands for."""
+
+    __slots__ = ("__dict__", "_call")
+
+    def __init__(self, call: Callable[..., Any]) -> None:
+        self._call = call
+        self.__dict__.update(getattr(call, "__dict__", {}))
+        for attr in ("__name__", "__qualname__", "__doc__", "__module__", "__wrapped__"):
+            if hasattr(call, attr):
+                self.__dict__[attr] = getattr(call, attr)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return repr(self.__dict__.get("__wrapped__", self._call))
+
+
 class _AuditDispatch:
     """The one audit hook of this process.
 
     Audit hooks cannot be removed (PEP 578), so a single hook is added the
     first time a tracker activates and does nothing while none is active.
+    Sessions nest (pytester's in-process runs): the innermost tracker acts.
     """
 
     def __init__(self) -> None:
-        self.tracker: Optional[SpawnTracker] = None
+        self.stack: list[SpawnTracker] = []
         self.added = False
 
+    @property
+    def current(self) -> Optional[SpawnTracker]:
+        return self.stack[-1] if self.stack else None
+
     def activate(self, tracker: SpawnTracker) -> None:
-        self.tracker = tracker
+        self.stack.append(tracker)
         if not self.added:
             sys.addaudithook(self)
             self.added = True
 
     def deactivate(self, tracker: SpawnTracker) -> None:
-        if self.tracker is tracker:
-            self.tracker = None
+        if tracker in self.stack:
+            self.stack.remove(tracker)
 
     def __call__(self, event: str, args: tuple[Any, ...]) -> None:
-        tracker = self.tracker
-        if tracker is None or not event.startswith("os."):
+        if not self.stack or not event.startswith("os."):
             return
+        tracker = self.stack[-1]
         try:
             tracker.on_audit(event, args)
         except Exception as exc:  # never break the program that spawns
