@@ -86,6 +86,8 @@ def _check_fd(fd: int) -> int:
     fd = operator.index(fd)
     if not -(2**31) <= fd < 2**31:
         raise OverflowError("Python int too large to convert to C int")
+    if fd < 0:  # fcntl.fcntl() would raise ValueError; the system call says EBADF
+        raise OSError(errno.EBADF, os.strerror(errno.EBADF))
     return fd
 
 
