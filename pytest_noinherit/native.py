@@ -34,7 +34,8 @@ __all__ = [
 #: Words of an entry in a :func:`snapshot` array: fd, flags, dev, ino, mode.
 ENTRY_WORDS = 5
 _ENTRY_BYTES = ENTRY_WORDS * 8
-assert ffi.sizeof("nic_entry") == _ENTRY_BYTES
+if ffi.sizeof("nic_entry") != _ENTRY_BYTES:  # a stale or foreign build: use the fallback
+    raise ImportError(f"pytest_noinherit._core: nic_entry is {ffi.sizeof('nic_entry')} bytes")
 
 #: Snapshot method names and their C values.
 METHODS: dict[str, int] = {
@@ -45,8 +46,8 @@ METHODS: dict[str, int] = {
     "native": lib.NIC_METHOD_NATIVE,
 }
 
-_INT_MIN = -(2**31)
-_INT_MAX = 2**31 - 1
+_INT_MAX = 2 ** (ffi.sizeof("int") * 8 - 1) - 1
+_INT_MIN = -_INT_MAX - 1
 _TARGET_SIZE = 4096  # PATH_MAX on Linux, MAXPATHLEN on macOS
 _SOCKADDR_SIZE = 128  # sizeof(struct sockaddr_storage)
 
@@ -61,6 +62,10 @@ class _Sizing(threading.local):
 
 
 _sizing = _Sizing()
+
+# The C side writes every entry it reports and Python reads no further, so
+# zeroing the buffer (cffi's default) would only cost time on big tables.
+_new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
 
 def _c_int(value: SupportsIndex) -> int:
@@ -85,7 +90,7 @@ def snapshot(method: str = "auto") -> array.array[int]:
         raise ValueError(f"unknown snapshot method {method!r}") from None
     cap = max(64, _sizing.last_count * 2)
     while True:
-        buf = ffi.new("nic_entry[]", cap)
+        buf = _new_uncleared("nic_entry[]", cap)
         n = lib.nic_snapshot(buf, cap, code)
         if n < 0:
             _raise_errno()

@@ -292,3 +292,18 @@ def test_c_created_descriptor_is_seen(impl: ModuleType) -> None:
         assert table[fd].inheritable
     finally:
         os.close(fd)
+
+
+def test_large_table_agrees(impl: ModuleType) -> None:
+    """Thousands of descriptors (the native core reads them with two threads) are all seen."""
+    soft = __import__("resource").getrlimit(__import__("resource").RLIMIT_NOFILE)[0]
+    if soft < 6000:
+        pytest.skip(f"RLIMIT_NOFILE {soft} is too low")
+    opened = [os.open(os.devnull, os.O_RDONLY) for _ in range(5000)]
+    try:
+        for fd in opened[::2]:
+            os.set_inheritable(fd, True)
+        assert rows(impl) == reference_rows()
+    finally:
+        for fd in opened:
+            os.close(fd)

@@ -1,0 +1,39 @@
+"""Typed stub for the cffi extension ``pytest_noinherit._core`` (built from _native/).
+
+Only :mod:`pytest_noinherit.native` imports it.  cffi's ``ffi`` object and the
+C pointers it hands out (``CData``) have no useful static types, so they are
+``Any``; the C functions and constants of ``_native/noinherit.h`` are typed.
+"""
+
+from typing import Any
+
+CData = Any
+
+class _Lib:
+    NIC_FLAG_CLOEXEC: int
+    NIC_METHOD_AUTO: int
+    NIC_METHOD_POLL: int
+    NIC_METHOD_PROCFS: int
+    NIC_METHOD_SCAN: int
+    NIC_METHOD_NATIVE: int
+    def nic_snapshot(self, out: CData, cap: int, method: int, /) -> int: ...
+    def nic_get_inheritable(self, fd: int, /) -> int: ...
+    def nic_set_inheritable(self, fd: int, inheritable: int, /) -> int: ...
+    def nic_seal(self, low: int, keep: CData, nkeep: int, /) -> int: ...
+    def nic_target(self, fd: int, buf: CData, size: int, /) -> int: ...
+    def nic_socket_info(
+        self,
+        fd: int,
+        family: CData,
+        type: CData,
+        protocol: CData,
+        local: CData,
+        local_len: CData,
+        peer: CData,
+        peer_len: CData,
+        /,
+    ) -> int: ...
+    def nic_platform(self, /) -> CData: ...
+
+ffi: Any
+lib: _Lib
