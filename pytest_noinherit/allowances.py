@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from collections.abc import Iterable, Mapping
-from typing import Any, Optional
+from typing import Any
 
 from pytest_noinherit.fdtable import KINDS
 
@@ -29,8 +29,8 @@ class ChildDescriptor:
     target: str
     dev: int
     ino: int
-    inheritable_since: Optional[str] = None  # how it became inheritable, when known
-    created_at: Optional[str] = None
+    inheritable_since: str | None = None  # how it became inheritable, when known
+    created_at: str | None = None
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -45,8 +45,8 @@ class Allowance:
     source: str
     fds: frozenset[int] = frozenset()
     kinds: frozenset[str] = frozenset()
-    path: Optional[str] = None
-    identity: Optional[tuple[int, int]] = None
+    path: str | None = None
+    identity: tuple[int, int] | None = None
 
     @property
     def allows_everything(self) -> bool:
@@ -77,13 +77,14 @@ def build(
     source: str,
     args: Iterable[Any],
     kwargs: Mapping[str, Any],
-    identities: Optional[Mapping[int, tuple[int, int]]] = None,
+    identities: Mapping[int, tuple[int, int]] | None = None,
 ) -> Allowance:
     """Validate marker-style arguments; ValueError says what is wrong."""
     unknown = set(kwargs) - {"kind", "path"}
     if unknown:
         raise ValueError(
-            f"unknown keyword {', '.join(sorted(unknown))}; allow_inherit takes fds, kind= and path="
+            f"unknown keyword {', '.join(sorted(unknown))};"
+            " allow_inherit takes fds, kind= and path="
         )
     fds = set()
     for arg in args:

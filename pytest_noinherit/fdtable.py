@@ -18,7 +18,7 @@ import struct
 from array import array
 from collections.abc import Iterable, Iterator
 from types import ModuleType
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple
 
 from pytest_noinherit import pure
 
@@ -66,11 +66,15 @@ _ANON_KINDS = {
     "bpf-prog": "bpf",
     "[perf_event]": "perf_event",
 }
-KINDS = frozenset(_KIND_BY_TYPE.values()) | frozenset(_ANON_KINDS.values()) | {
-    "anon",
-    "memfd",
-    "tty",
-}
+KINDS = (
+    frozenset(_KIND_BY_TYPE.values())
+    | frozenset(_ANON_KINDS.values())
+    | {
+        "anon",
+        "memfd",
+        "tty",
+    }
+)
 
 
 class BackendError(RuntimeError):
@@ -98,12 +102,12 @@ class FdDetails(NamedTuple):
 
     fd: int
     kind: str
-    target: Optional[str]
+    target: str | None
     deleted: bool = False
-    family: Optional[str] = None
-    socktype: Optional[str] = None
-    local: Optional[str] = None
-    peer: Optional[str] = None
+    family: str | None = None
+    socktype: str | None = None
+    local: str | None = None
+    peer: str | None = None
 
     def __str__(self) -> str:
         if self.family is not None:
@@ -111,8 +115,7 @@ class FdDetails(NamedTuple):
             if self.peer:
                 where += f" -> {self.peer}"
             return f"{self.family}/{self.socktype}{where}"
-        text = self.target or self.kind
-        return text
+        return self.target or self.kind
 
 
 def kind_of(mode: int) -> str:
@@ -130,9 +133,9 @@ class FdTable:
 
     __slots__ = ("_fds", "_words")
 
-    def __init__(self, words: array) -> None:
+    def __init__(self, words: array[int]) -> None:
         self._words = words
-        self._fds: Optional[dict[int, int]] = None
+        self._fds: dict[int, int] | None = None
 
     def _rows(self) -> Iterator[tuple[int, ...]]:
         it = iter(self._words)
@@ -156,9 +159,10 @@ class FdTable:
         i = self._index()[fd] * _WORDS
         return _entry(tuple(self._words[i : i + _WORDS]))
 
-    def get(self, fd: int) -> Optional[FdEntry]:
+    def get(self, fd: int) -> FdEntry | None:
         """The entry for fd, or None when it was not open."""
-        return self[fd] if fd in self else None
+        i = self._index().get(fd)
+        return None if i is None else _entry(tuple(self._words[i * _WORDS : (i + 1) * _WORDS]))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, FdTable):
@@ -210,7 +214,7 @@ def _short(entry: FdEntry) -> str:
 # -- the backend seam ---------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _choice() -> tuple[ModuleType, str, str]:
     """(module, name, why): resolved once per process."""
     wanted = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
@@ -308,9 +312,9 @@ def _refined_kind(kind: str, target: str, fd: int) -> str:
     return kind
 
 
-def _enum_name(enum: type, value: int, prefix: str) -> str:
+def _enum_name(enum: Any, value: int, prefix: str) -> str:
     try:
-        return str(enum(value).name)  # type: ignore[call-arg]
+        return str(enum(value).name)
     except ValueError:
         return f"{prefix}{value}"
 
@@ -338,5 +342,7 @@ def _format_address(addr: object) -> str:
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     if isinstance(addr, (bytes, bytearray)):
         text = bytes(addr)
-        return "@" + text[1:].decode("utf-8", "backslashreplace") if text[:1] == b"\0" else repr(text)
+        return (
+            "@" + text[1:].decode("utf-8", "backslashreplace") if text[:1] == b"\0" else repr(text)
+        )
     return str(addr)

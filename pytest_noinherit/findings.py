@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Any, Optional
+from typing import Any
 
 from pytest_noinherit.allowances import ChildDescriptor
 from pytest_noinherit.spawns import Spawn
@@ -49,7 +49,9 @@ def child_finding(
     }
 
 
-def table_finding(type_: str, nodeid: str, phase: str, desc: ChildDescriptor, owner: str) -> dict[str, Any]:
+def table_finding(
+    type_: str, nodeid: str, phase: str, desc: ChildDescriptor, owner: str
+) -> dict[str, Any]:
     """A leftover or a leak: no child involved, an owner (the test or a fixture)."""
     return {"type": type_, "test": nodeid, "phase": phase, "owner": owner, **descriptor_json(desc)}
 
@@ -88,7 +90,7 @@ def fix_for(f: dict[str, Any]) -> str:
     )
 
 
-def failure_message(findings: Iterable[dict[str, Any]], strict_owner: Optional[str] = None) -> str:
+def failure_message(findings: Iterable[dict[str, Any]], strict_owner: str | None = None) -> str:
     """The short text a failing phase shows; the long one goes to a report section."""
     lines = []
     for f in findings:
@@ -116,7 +118,8 @@ def details_section(findings: Iterable[dict[str, Any]]) -> str:
                 f"{describe_fd(f)}",
                 f"  left open and inheritable by {f['owner']}: every later child started"
                 " with close_fds=False, os.system or fork+exec receives it",
-                f"  fix:   close it, or create it non-inheritable (os.set_inheritable({f['fd']}, False))",
+                "  fix:   close it, or create it non-inheritable"
+                f" (os.set_inheritable({f['fd']}, False))",
             ]
     return "\n".join(out)
 

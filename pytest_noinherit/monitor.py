@@ -12,7 +12,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Generator, Iterable
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
@@ -147,7 +147,7 @@ class Monitor:
         item.stash.setdefault(ALLOWANCES, []).append(allowance)
 
     def _child_findings(
-        self, item: Optional[pytest.Item], phase: str, spawns: Iterable[Spawn]
+        self, item: pytest.Item | None, phase: str, spawns: Iterable[Spawn]
     ) -> list[dict[str, Any]]:
         nodeid = item.nodeid if item is not None else "(outside any test)"
         granted = list(self.settings.allowances)
@@ -161,7 +161,9 @@ class Monitor:
                     continue
                 f = findings.child_finding(findings.VIOLATION, nodeid, phase, spawn, desc)
                 verdict = self.config.hook.pytest_noinherit_allow(item=item, descriptor=dict(f))
-                by = next((a for a in granted if a.matches(desc)), None) if verdict is None else None
+                by = (
+                    next((a for a in granted if a.matches(desc)), None) if verdict is None else None
+                )
                 if verdict or by is not None:
                     f["type"] = findings.ALLOWED
                     f["allowed_by"] = str(by) if by is not None else "pytest_noinherit_allow hook"
@@ -215,7 +217,8 @@ class Monitor:
         suspects += [("the test", e) for e in after.made_inheritable_since(before)]
         suspects += fixture_left
         existed = before.keys()
-        leftovers, leaks = [], []
+        leftovers: list[dict[str, Any]] = []
+        leaks: list[dict[str, Any]] = []
         for owner, entry in suspects:
             key = _key(entry)
             if key in self.reported:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 
 
 @pytest.hookspec(firstresult=True)
-def pytest_noinherit_allow(
-    item: Optional[pytest.Item], descriptor: dict[str, Any]
-) -> Optional[bool]:
+def pytest_noinherit_allow(item: pytest.Item | None, descriptor: dict[str, Any]) -> bool | None:
     """Decide whether a child may hold ``descriptor``.
 
     ``descriptor`` is the finding as the JSON report would show it (fd, kind,
@@ -20,5 +18,5 @@ def pytest_noinherit_allow(
     """
 
 
-def pytest_noinherit_finding(item: Optional[pytest.Item], finding: dict[str, Any]) -> None:
+def pytest_noinherit_finding(item: pytest.Item | None, finding: dict[str, Any]) -> None:
     """Observe each finding (violation, allowed, leftover, leak) as it is made."""

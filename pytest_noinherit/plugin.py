@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Generator
-from typing import Any, Optional, Union
+from typing import Any
 
 import pytest
 
@@ -27,10 +27,8 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     # The session baseline: what pytest inherited, taken before any conftest runs.
-    try:
+    with contextlib.suppress(fdtable.BackendError):  # pytest_configure reports it
         early_config.stash[EARLY_TABLE] = fdtable.snapshot()
-    except fdtable.BackendError:
-        pass  # reported as a usage error by pytest_configure
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -71,7 +69,9 @@ def write_json_report(path: str, monitor: Monitor) -> None:
     doc = {
         "backend": fdtable.backend(),
         "strict": monitor.settings.strict,
-        "baseline": [{"fd": e.fd, "kind": e.kind, "dev": e.dev, "ino": e.ino} for e in monitor.baseline],
+        "baseline": [
+            {"fd": e.fd, "kind": e.kind, "dev": e.dev, "ino": e.ino} for e in monitor.baseline
+        ],
         "findings": monitor.summary.findings,
     }
     try:
@@ -84,7 +84,9 @@ def write_json_report(path: str, monitor: Monitor) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     monitor = terminalreporter.config.stash.get(MONITOR, None)
     if monitor is not None:
-        findings.write_summary(terminalreporter, monitor.summary, monitor.baseline, monitor.tracker.problems)
+        findings.write_summary(
+            terminalreporter, monitor.summary, monitor.baseline, monitor.tracker.problems
+        )
 
 
 class NoinheritControls:
@@ -94,9 +96,7 @@ class NoinheritControls:
         self._monitor = monitor
         self._item = item
 
-    def allow(
-        self, *targets: Union[int, Any], kind: Optional[str] = None, path: Optional[str] = None
-    ) -> None:
+    def allow(self, *targets: int | Any, kind: str | None = None, path: str | None = None) -> None:
         """Allow children of this test to receive these descriptors.
 
         Each target is a descriptor number or anything with ``fileno()`` (a
@@ -138,6 +138,6 @@ def _fileno(obj: Any) -> int:
 
 
 @pytest.fixture
-def noinherit(request: pytest.FixtureRequest) -> Generator[NoinheritControls, None, None]:
+def noinherit(request: pytest.FixtureRequest) -> NoinheritControls:
     """Allow descriptors to reach this test's children at run time: ``noinherit.allow(fd)``."""
-    yield NoinheritControls(request.config.stash[MONITOR], request.node)
+    return NoinheritControls(request.config.stash[MONITOR], request.node)

@@ -17,7 +17,6 @@ import socket
 import sys
 from array import array
 from collections.abc import Iterable
-from typing import Optional
 
 __all__ = [
     "get_inheritable",
@@ -35,7 +34,7 @@ _METHODS = ("auto", "poll", "procfs", "scan", "native")
 _SCAN_CEILING = 1 << 20
 
 
-def _entry(out: array, fd: int) -> None:
+def _entry(out: array[int], fd: int) -> None:
     """Append fd's five words to out; skip it silently when it is not open."""
     try:
         fd_flags = fcntl.fcntl(fd, fcntl.F_GETFD)
@@ -47,7 +46,7 @@ def _entry(out: array, fd: int) -> None:
     out.extend((fd, fd_flags & fcntl.FD_CLOEXEC, st.st_dev, st.st_ino, st.st_mode))
 
 
-def _listed_fds() -> Optional[list[int]]:
+def _listed_fds() -> list[int] | None:
     """The numbers listed in the fd directory, or None when it cannot be read."""
     try:
         names = os.listdir(_FD_DIR)
@@ -66,14 +65,14 @@ def _scanned_fds() -> list[int]:
     return list(range(soft))
 
 
-def snapshot(method: str = "auto") -> array:
+def snapshot(method: str = "auto") -> array[int]:
     """Every open descriptor as five words (fd, flags, dev, ino, mode), by fd."""
     if method not in _METHODS:
         raise ValueError(f"unknown snapshot method {method!r}; expected one of {_METHODS}")
     fds = None if method == "scan" else _listed_fds()
     if fds is None:
         fds = _scanned_fds()
-    out = array("Q")
+    out: array[int] = array("Q")
     # The directory listing's own descriptor is closed by now: _entry skips
     # it (EBADF) unless another thread reused the number, as it should.
     for fd in fds:
@@ -122,7 +121,7 @@ def seal(low: int = 3, keep: Iterable[int] = ()) -> None:
                     raise
 
 
-def target(fd: int) -> Optional[str]:
+def target(fd: int) -> str | None:
     """What fd refers to: a path, ``socket:[ino]``, ``pipe:[ino]``, ``anon_inode:...``."""
     fd = _check_fd(fd)
     if not sys.platform.startswith("linux"):
@@ -133,7 +132,7 @@ def target(fd: int) -> Optional[str]:
         raise OSError(errno.EBADF, os.strerror(errno.EBADF)) from None
 
 
-def socket_info(fd: int) -> Optional[tuple[int, int, int, object, object]]:
+def socket_info(fd: int) -> tuple[int, int, int, object, object] | None:
     """Family, type, protocol, local and peer address of a socket, or None."""
     fd = _check_fd(fd)
     try:

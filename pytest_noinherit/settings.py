@@ -6,19 +6,14 @@ Precedence: ini < command line; markers refine per test (see allowances).
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import pytest
 
 from pytest_noinherit.allowances import Allowance, parse_ini_allowance
 
-STRICT_HELP = (
-    "also fail tests that leave inheritable descriptors open after they end (the CI flag)"
-)
+STRICT_HELP = "also fail tests that leave inheritable descriptors open after they end (the CI flag)"
 REPORT_HELP = "write every finding as JSON to this path"
-ALLOW_HELP = (
-    "project-wide allowances, one per line: a descriptor number, kind=KIND or path=GLOB"
-)
+ALLOW_HELP = "project-wide allowances, one per line: a descriptor number, kind=KIND or path=GLOB"
 PROBE_HELP = "exec probe: on, off or auto (auto = on in strict mode only)"
 PATCH_HELP = "patch the stdlib descriptor creators to PEP 446 semantics for the session"
 PROBE_MODES = ("on", "off", "auto")
@@ -29,7 +24,7 @@ class Settings:
     """Everything the plugin was told, checked once at configure time."""
 
     strict: bool
-    report_path: Optional[str]
+    report_path: str | None
     allowances: tuple[Allowance, ...]
     probe: str
     patch: bool
@@ -38,16 +33,10 @@ class Settings:
 def add_options(parser: pytest.Parser) -> None:
     """Register the options group and its ini twins."""
     group = parser.getgroup("noinherit", "descriptor inheritance (pytest-noinherit)")
-    group.addoption(
-        "--noinherit-strict", action="store_true", default=None, help=STRICT_HELP
-    )
+    group.addoption("--noinherit-strict", action="store_true", default=None, help=STRICT_HELP)
     group.addoption("--noinherit-report", metavar="PATH", default=None, help=REPORT_HELP)
-    group.addoption(
-        "--noinherit-probe", metavar="MODE", default=None, help=PROBE_HELP
-    )
-    group.addoption(
-        "--noinherit-patch", action="store_true", default=None, help=PATCH_HELP
-    )
+    group.addoption("--noinherit-probe", metavar="MODE", default=None, help=PROBE_HELP)
+    group.addoption("--noinherit-patch", action="store_true", default=None, help=PATCH_HELP)
     parser.addini("noinherit_strict", STRICT_HELP, type="bool", default=False)
     parser.addini("noinherit_allow", ALLOW_HELP, type="linelist", default=[])
     parser.addini("noinherit_probe", PROBE_HELP, default="auto")

@@ -28,7 +28,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from pytest_noinherit import fdtable
 from pytest_noinherit.allowances import ChildDescriptor
@@ -48,7 +48,7 @@ class Spawn:
     """One child start and the undeclared descriptors its program received."""
 
     route: str
-    pid: Optional[int]
+    pid: int | None
     argv: tuple[str, ...]
     how: str
     received: tuple[ChildDescriptor, ...]
@@ -93,7 +93,8 @@ def _descriptor_from_json(data: object) -> ChildDescriptor:
     opt = [data.get(k) for k in ("inheritable_since", "created_at")]
     if not all(o is None or isinstance(o, str) for o in opt):
         raise ValueError("inheritable_since and created_at must be strings")
-    return ChildDescriptor(ints[0], texts[0], texts[1], ints[1], ints[2], opt[0], opt[1])
+    fd, dev, ino = (int(i) for i in ints)  # type: ignore[arg-type]
+    return ChildDescriptor(fd, str(texts[0]), str(texts[1]), dev, ino, opt[0], opt[1])
 
 
 def describe_entry(entry: FdEntry) -> ChildDescriptor:
@@ -106,7 +107,7 @@ def describe_entry(entry: FdEntry) -> ChildDescriptor:
     return ChildDescriptor(entry.fd, kind, target, entry.dev, entry.ino)
 
 
-def read_child_table(pid: int) -> Optional[dict[int, tuple[int, int]]]:
+def read_child_table(pid: int) -> dict[int, tuple[int, int]] | None:
     """fd -> (dev, ino) of a live child, or None when it cannot be read whole.
 
     Best effort (platform-facts 3a): a child that already exited shows an
@@ -136,7 +137,7 @@ class SpawnTracker:
         self._pending: list[Spawn] = []
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._fork_table: Optional[FdTable] = None
+        self._fork_table: FdTable | None = None
         self._forked = False
         self._restore: list[tuple[object, str, object]] = []
         self.problems: list[str] = []  # internal errors, shown once in the summary
@@ -172,7 +173,7 @@ class SpawnTracker:
     def _wrap(self, owner: object, name: str, factory: Callable[[Any], Any]) -> Any:
         original = getattr(owner, name)
         self._restore.append((owner, name, original))
-        wrapper = functools.wraps(original)(factory(original))
+        wrapper: Any = functools.wraps(original)(factory(original))
         if not isinstance(owner, type):
             # A builtin stored as a class attribute does not bind; a Python
             # function would, so module functions get a non-binding callable.
@@ -194,7 +195,7 @@ class SpawnTracker:
 
     def read_records(self) -> list[Spawn]:
         """Consume the record files other processes left; malformed ones become spawns too."""
-        spawns = []
+        spawns: list[Spawn] = []
         try:
             entries = list(os.scandir(self.record_dir))
         except OSError:
@@ -215,7 +216,9 @@ class SpawnTracker:
 
     # -- what a child receives ------------------------------------------------
 
-    def _undeclared(self, entries: Iterable[FdEntry], declared: Iterable[int] = ()) -> list[FdEntry]:
+    def _undeclared(
+        self, entries: Iterable[FdEntry], declared: Iterable[int] = ()
+    ) -> list[FdEntry]:
         kept = set(declared)
         return [
             e
@@ -229,7 +232,7 @@ class SpawnTracker:
     def _record_child(
         self,
         route: str,
-        pid: Optional[int],
+        pid: int | None,
         argv: Iterable[object],
         candidates: list[FdEntry],
         hint: str,
@@ -461,7 +464,7 @@ class _AuditDispatch:
         self.added = False
 
     @property
-    def current(self) -> Optional[SpawnTracker]:
+    def current(self) -> SpawnTracker | None:
         return self.stack[-1] if self.stack else None
 
     def activate(self, tracker: SpawnTracker) -> None:

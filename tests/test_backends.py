@@ -173,7 +173,8 @@ def test_socket_details(impl: ModuleType) -> None:
             assert (d.family, d.socktype) == ("AF_INET", "SOCK_STREAM")
             assert d.peer == f"127.0.0.1:{port}"
         listening = _describe(impl, server.fileno())
-        assert listening.local == f"127.0.0.1:{port}" and listening.peer is None
+        assert listening.local == f"127.0.0.1:{port}"
+        assert listening.peer is None
         path = os.path.join(tmp, "s.sock")
         with socket.socket(socket.AF_UNIX) as unix:
             unix.bind(path)
@@ -245,7 +246,8 @@ def test_exhausted_table_and_lowered_limit(backend: str) -> None:
         import pytest_noinherit as p
         p.snapshot()  # the backend is chosen (and imported) while descriptors remain
         high = os.dup2(0, 3000)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
         opened = []
         try:
             while True:
