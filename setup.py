@@ -1,5 +1,89 @@
-"""cffi has no declarative configuration: this names the extension to build."""
+"""Build steps pyproject.toml cannot declare.
+
+* cffi has no declarative configuration: ``cffi_modules`` names the extension.
+* The exec probe (``_native/probe.c``) is not a Python extension but a
+  libc-free shared object for ``LD_PRELOAD``, so it gets its own compile
+  step after ``build_ext``.  It is optional: if it cannot be built the
+  install goes on and the plugin reports the probe as unavailable.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import sysconfig
 
 from setuptools import setup
+from setuptools.command.build_ext import build_ext
 
-setup(cffi_modules=["_native/build_core.py:ffibuilder"])
+PROBE_SOURCE = os.path.join("_native", "probe.c")
+PROBE_NAME = "libnoinherit-probe.so"
+# See the comment at the top of _native/probe.c for why each flag is there.
+PROBE_FLAGS = [
+    "-nostdlib", "-ffreestanding", "-fno-builtin", "-fno-stack-protector",
+    "-fPIC", "-shared", "-O2", "-fvisibility=hidden", "-s",
+    "-Wl,-z,defs",  # an unresolved symbol is a build error, never a runtime import
+]
+
+# The plugin preloads <package>/_probe/$LIB/libnoinherit-probe.so and ld.so
+# expands $LIB per ABI (ld.so(8), "Dynamic string tokens"), so one LD_PRELOAD
+# value serves 64- and 32-bit programs.  A missing file makes ld.so print an
+# error into the program's stderr, so every directory an ABI may look in
+# gets an object: the real probe for the 64-bit ABI, a do-nothing stub
+# (probe.c compiled with -m32) for i386.  "$LIB" itself is for musl, which
+# does not expand the token.  Measured: docs platform-facts §3b, pitfall 4.
+PROBE_ABIS = {
+    "x86_64": [
+        ([], ["lib/x86_64-linux-gnu", "lib64", "lib", "$LIB"]),
+        (["-m32"], ["lib32", "lib/i386-linux-gnu"]),
+    ],
+    "aarch64": [
+        ([], ["lib/aarch64-linux-gnu", "lib64", "lib", "$LIB"]),
+    ],
+}
+
+
+class build_ext_with_probe(build_ext):
+    """``build_ext`` followed by the optional exec-probe build."""
+
+    def run(self) -> None:
+        super().run()
+        self._probe_outputs: list[str] = []
+        abis = PROBE_ABIS.get(platform.machine()) if sys.platform.startswith("linux") else None
+        if abis is None:
+            return
+        if self.inplace:  # --inplace and editable installs use the source tree
+            package_dir = self.get_finalized_command("build_py").get_package_dir(
+                "pytest_noinherit"
+            )
+        else:
+            package_dir = os.path.join(self.build_lib, "pytest_noinherit")
+        compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+        for extra, libdirs in abis:
+            first = os.path.join(package_dir, "_probe", libdirs[0], PROBE_NAME)
+            os.makedirs(os.path.dirname(first), exist_ok=True)
+            cmd = [*compiler, *PROBE_FLAGS, *extra, "-o", first, PROBE_SOURCE]
+            try:
+                subprocess.run(cmd, check=True, capture_output=True, text=True)
+            except (OSError, subprocess.CalledProcessError) as exc:
+                detail = getattr(exc, "stderr", None) or exc
+                self.warn(f"exec probe not built ({shlex.join(cmd)}): {detail}")
+                continue
+            self._probe_outputs.append(first)
+            for libdir in libdirs[1:]:
+                target = os.path.join(package_dir, "_probe", libdir, PROBE_NAME)
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                self.copy_file(first, target)
+                self._probe_outputs.append(target)
+
+    def get_outputs(self) -> list[str]:
+        return [*super().get_outputs(), *getattr(self, "_probe_outputs", [])]
+
+
+setup(
+    cffi_modules=["_native/build_core.py:ffibuilder"],
+    cmdclass={"build_ext": build_ext_with_probe},
+)

@@ -50,6 +50,9 @@ class Monitor:
         # Broader-scoped fixtures own what their setup opened until their teardown.
         self.owned: dict[int, tuple[str, list[FdEntry]]] = {}
         self.fixture_leftovers: list[tuple[str, FdEntry]] = []
+        # The table after one test's teardown is the next test's starting
+        # point: one snapshot per test instead of two.
+        self.last_table: FdTable | None = None
         self.tracker.install()
 
     def close(self) -> None:
@@ -61,9 +64,11 @@ class Monitor:
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
-        self._judge_outside(self.tracker.drain())
-        item.stash[BEFORE] = fdtable.snapshot()
-        item.stash[PHASE_FINDINGS] = {}
+        spawns = self.tracker.drain()
+        if spawns:
+            self._judge_outside(spawns)
+        item.stash[BEFORE] = self.last_table or fdtable.snapshot()
+        self.last_table = None
         item.stash[ALLOWANCES] = self._marker_allowances(item)
         return (yield from self._phase(item, "setup"))
 
@@ -90,7 +95,8 @@ class Monitor:
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
-        found = item.stash.get(PHASE_FINDINGS, {}).get(call.when)
+        found = item.stash.get(PHASE_FINDINGS, None)
+        found = found and found.get(call.when)
         if found:
             report.noinherit = found  # type: ignore[attr-defined]
         return report
@@ -179,11 +185,14 @@ class Monitor:
         self.summary.add(found)
 
     def _judge(self, item: pytest.Item, when: str, own_failure: bool) -> None:
-        found = self._child_findings(item, when, self.tracker.drain())
+        spawns = self.tracker.drain()
+        found = self._child_findings(item, when, spawns) if spawns else []
         leaks: list[dict[str, Any]] = []
         if when == "teardown":
             leftovers, leaks = self._table_findings(item)
             found += leftovers
+        if not (found or leaks):
+            return
         for f in found + leaks:
             self.config.hook.pytest_noinherit_finding(item=item, finding=f)
         item.stash.setdefault(PHASE_FINDINGS, {})[when] = found + leaks
@@ -209,13 +218,15 @@ class Monitor:
         """Strict leftovers and leaks of a test whose teardown just ended."""
         before = item.stash.get(BEFORE, None)
         fixture_left, self.fixture_leftovers = self.fixture_leftovers, []
-        if before is None:
+        after = self.last_table = fdtable.snapshot()
+        if before is None or (after == before and not fixture_left):
             return [], []
-        after = fdtable.snapshot()
         owned = {_key(e) for _, entries in self.owned.values() for e in entries}
         suspects = [("the test", e) for e in after.added_since(before) if _key(e) not in owned]
         suspects += [("the test", e) for e in after.made_inheritable_since(before)]
         suspects += fixture_left
+        if not suspects:
+            return [], []
         existed = before.keys()
         leftovers: list[dict[str, Any]] = []
         leaks: list[dict[str, Any]] = []
