@@ -95,8 +95,8 @@ class Monitor:
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
         report = yield
-        found = item.stash.get(PHASE_FINDINGS, None)
-        found = found and found.get(call.when)
+        phases = item.stash.get(PHASE_FINDINGS, None)
+        found = phases.get(call.when) if phases else None
         if found:
             report.noinherit = found  # type: ignore[attr-defined]
         return report
