@@ -248,10 +248,15 @@ static int snapshot_poll(nic_entry *out, int cap)
         return procfs_and_close(dirfd, out, cap); /* Linux < 6.2 says 0 */
     expected = (long)st.st_size - 1;              /* the dirfd itself */
 
-    limit = nic_scan_limit();
+    /* poll() refuses nfds above the soft limit; asking for the limit costs a
+     * system call, so it is read only once the hint is large enough to
+     * matter or poll() has said EINVAL (below). */
     hint = HINT_LOAD();
-    if (hint > limit)
-        hint = limit; /* poll() refuses nfds above the soft limit */
+    if (hint > NIC_POLL_STACK) {
+        limit = nic_scan_limit();
+        if (hint > limit)
+            hint = limit;
+    }
     if (expected > hint)
         return procfs_and_close(dirfd, out, cap);
     if (hint > NIC_POLL_STACK) {
@@ -266,6 +271,10 @@ static int snapshot_poll(nic_entry *out, int cap)
         pfd[i].revents = 0;
     }
     while (poll(pfd, (nfds_t)hint, 0) < 0) {
+        if (errno == EINVAL && hint > (limit = nic_scan_limit()) && expected <= limit) {
+            hint = limit; /* the soft limit was lowered below the hint */
+            continue;
+        }
         if (errno != EINTR && errno != EAGAIN) {
             if (pfd != stack_pfd)
                 free(pfd);
