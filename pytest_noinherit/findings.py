@@ -147,7 +147,7 @@ def write_summary(
     leftovers = summary.of_type(LEFTOVER)
     leaks = summary.of_type(LEAK)
     allowed = summary.of_type(ALLOWED)
-    if not (violations or leftovers or leaks or allowed or problems):
+    if not (violations or leftovers or leaks or allowed or problems or baseline):
         return
     tr.write_sep("=", "noinherit summary")
     for f in violations:

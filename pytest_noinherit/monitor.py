@@ -69,8 +69,12 @@ class Monitor:
             self._judge_outside(spawns)
         item.stash[BEFORE] = self.last_table or fdtable.snapshot()
         self.last_table = None
-        item.stash[ALLOWANCES] = self._marker_allowances(item)
-        return (yield from self._phase(item, "setup"))
+        granted, problem = self._marker_allowances(item)
+        item.stash[ALLOWANCES] = granted
+        yield from self._phase(item, "setup")
+        if problem:
+            # Raised after setup so that pytest's own setup and teardown stay paired.
+            pytest.fail(problem, pytrace=False)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
@@ -121,7 +125,7 @@ class Monitor:
             owned = {_key(e) for _, entries in self.owned.values() for e in entries}
             added = [e for e in fdtable.snapshot().added_since(before) if _key(e) not in owned]
             if added:
-                name = f"{fixturedef.scope}-scoped fixture {fixturedef.argname!r}"
+                name = f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r}"
                 self.owned[id(fixturedef)] = (name, added)
 
     def pytest_fixture_post_finalizer(
@@ -132,21 +136,24 @@ class Monitor:
             return
         name, entries = owned
         still = fdtable.snapshot().keys()
-        self.fixture_leftovers += [(f"{name}'s teardown", e) for e in entries if _key(e) in still]
+        self.fixture_leftovers += [
+            (f"the teardown of {name}", e) for e in entries if _key(e) in still
+        ]
 
     # -- the verdict ------------------------------------------------------------
 
-    def _marker_allowances(self, item: pytest.Item) -> list[Allowance]:
+    def _marker_allowances(self, item: pytest.Item) -> tuple[list[Allowance], str]:
+        """The test's marker allowances, and what is wrong with them if anything."""
         result = []
         for mark in item.iter_markers(allow_mod.MARKER):
             try:
                 result.append(allow_mod.build(f"marker on {item.nodeid}", mark.args, mark.kwargs))
             except ValueError as exc:
-                pytest.fail(
+                return (
+                    result,
                     f"noinherit: bad @pytest.mark.{allow_mod.MARKER} on {item.nodeid}: {exc}",
-                    pytrace=False,
                 )
-        return result
+        return result, ""
 
     def allow_at_runtime(self, item: pytest.Item, allowance: Allowance) -> None:
         """What the ``noinherit`` fixture's allow() calls."""

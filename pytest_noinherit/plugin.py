@@ -74,11 +74,8 @@ def write_json_report(path: str, monitor: Monitor) -> None:
         ],
         "findings": monitor.summary.findings,
     }
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=2)
-    except OSError as exc:
-        raise pytest.UsageError(f"--noinherit-report: cannot write {path}: {exc}") from None
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(doc, f, indent=2)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -6,6 +6,7 @@ Precedence: ini < command line; markers refine per test (see allowances).
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -66,9 +67,12 @@ def resolve(config: pytest.Config) -> Settings:
             allowances.append(parse_ini_allowance(line))
         except ValueError as exc:
             raise pytest.UsageError(f"ini noinherit_allow: {exc}") from None
+    report_path = config.getoption("noinherit_report")
+    if report_path:
+        _check_writable(report_path)
     return Settings(
         strict=bool(strict),
-        report_path=config.getoption("noinherit_report"),
+        report_path=report_path,
         allowances=tuple(allowances),
         probe=probe,
         patch=bool(patch),
@@ -78,5 +82,22 @@ def resolve(config: pytest.Config) -> Settings:
 def _ini_bool(config: pytest.Config, name: str) -> bool:
     try:
         return bool(config.getini(name))
-    except ValueError as exc:
+    except (ValueError, pytest.UsageError) as exc:  # pytest 9 raises UsageError itself
         raise pytest.UsageError(f"ini {name}: {exc}") from None
+
+
+def _check_writable(path: str) -> None:
+    """Refuse a report path before the run rather than after it."""
+    target = os.path.abspath(path)
+    folder = os.path.dirname(target)
+    problem = (
+        "it is a directory"
+        if os.path.isdir(target)
+        else f"no directory {folder}"
+        if not os.path.isdir(folder)
+        else f"{folder} is not writable"
+        if not os.access(folder, os.W_OK)
+        else ""
+    )
+    if problem:
+        raise pytest.UsageError(f"--noinherit-report: cannot write {path}: {problem}")

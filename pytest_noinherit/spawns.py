@@ -240,10 +240,12 @@ class SpawnTracker:
         """Observe the child if it still lives, then describe what it received."""
         how = PREDICTED
         if pid is not None and candidates:
+            # The prediction is exact for these routes; the child's table can
+            # only confirm it.  A child already tearing down its table (it
+            # exits at once) or closing the descriptor itself still received it.
             held = read_child_table(pid)
-            if held is not None:
+            if held is not None and all(held.get(e.fd) == e.identity for e in candidates):
                 how = OBSERVED
-                candidates = [e for e in candidates if held.get(e.fd) == e.identity]
         if candidates:
             self._add(
                 Spawn(route, pid, _argv(argv), how, tuple(map(describe_entry, candidates)), hint)
@@ -329,7 +331,7 @@ class SpawnTracker:
 
     def on_audit(self, event: str, args: tuple[Any, ...]) -> None:
         """Called by the process-wide audit hook while this tracker is active."""
-        if event == "os.system" and os.getpid() == self.owner_pid:
+        if event == "os.system":
             cmd = os.fsdecode(args[0]) if isinstance(args[0], (str, bytes)) else str(args[0])
             candidates = self._undeclared(fdtable.snapshot())
             self._record_child("os.system", None, ["/bin/sh", "-c", cmd], candidates, "")

@@ -1,0 +1,69 @@
+"""Shared set-up for the plugin tests.
+
+The outer run has the plugin off (``-p no:noinherit`` in pyproject's addopts)
+and pytester runs every inner session in a real subprocess, where the tests
+below pass ``-p noinherit`` themselves: the plugin is tested the way it is
+installed (STYLE.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+# A small module the inner test files import (``from fdkit import ...``): the
+# inner session runs with its rootdir, pytester.path, on sys.path.  Every
+# descriptor it opens is closed again, so leak warnings only appear where a
+# test is about leaks.
+FDKIT = '''
+import contextlib
+import os
+import subprocess
+
+# A child that lives long enough to be looked at: a child that has already
+# exited can only be predicted, not observed (see test_child_exiting_at_once_*).
+SLEEP = ["/bin/sleep", "0.02"]
+
+
+@contextlib.contextmanager
+def inheritable_pipe(at=None):
+    """The write end of a fresh pipe, inheritable; at=N puts it at descriptor N."""
+    r, w = os.pipe()
+    try:
+        if at is not None:
+            os.dup2(w, at)  # dup2 makes the copy inheritable (PEP 446)
+            os.close(w)
+            w = at
+        else:
+            os.set_inheritable(w, True)
+        yield w
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def spawn(argv=SLEEP, **kwargs):
+    """Run a child that inherits every inheritable descriptor (close_fds=False)."""
+    kwargs.setdefault("close_fds", False)
+    subprocess.run(argv, check=True, **kwargs)
+'''
+
+
+# Plugins that happen to be installed next to ours but play no part in a
+# test: loading hypothesis and xdist triples an inner session's start-up
+# (about 0.9 s against 0.3 s).  The xdist test takes PYTEST_ADDOPTS away again.
+OTHER_PLUGINS_OFF = "-p no:xdist -p no:hypothesispytest"
+
+
+@pytest.fixture(autouse=True)
+def _inner_environment(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner sessions see neither our caller's backend choice nor unrelated plugins."""
+    for name in ("PYTEST_NOINHERIT_BACKEND", "PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PYTEST_ADDOPTS", OTHER_PLUGINS_OFF)
+
+
+@pytest.fixture
+def fdkit(pytester: pytest.Pytester) -> pytest.Pytester:
+    """pytester, with the ``fdkit`` helper module written next to the inner tests."""
+    pytester.makepyfile(fdkit=FDKIT)
+    return pytester
