@@ -55,10 +55,15 @@ OTHER_PLUGINS_OFF = "-p no:xdist -p no:hypothesispytest"
 
 
 @pytest.fixture(autouse=True)
-def _inner_environment(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Inner sessions see neither our caller's backend choice nor unrelated plugins."""
-    for name in ("PYTEST_NOINHERIT_BACKEND", "PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
-        monkeypatch.delenv(name, raising=False)
+def _inner_environment(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inner sessions load the plugin by name and skip unrelated plugins.
+
+    PYTEST_NOINHERIT_BACKEND is left alone: tox's ``pure`` environment runs
+    every inner session on the pure-Python backend through it.
+    """
+    if "pytester" not in request.fixturenames:
+        return
+    monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     monkeypatch.setenv("PYTEST_ADDOPTS", OTHER_PLUGINS_OFF)
 
 

@@ -22,6 +22,7 @@ LEAKY_AND_CLEAN = """
 def test_header_names_the_backend(fdkit: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """The header says which backend judges; PYTEST_NOINHERIT_BACKEND=python picks the reference."""
     fdkit.makepyfile("def test_nothing():\n    pass\n")
+    monkeypatch.delenv("PYTEST_NOINHERIT_BACKEND", raising=False)
     result = fdkit.runpytest("-p", "noinherit")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["noinherit: backend native (*), strict off, baseline fds: *"])
