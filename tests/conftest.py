@@ -63,6 +63,7 @@ def _inner_environment(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
     """
     if "pytester" not in request.fixturenames:
         return
+    request.getfixturevalue("pytester")  # it clears PYTEST_ADDOPTS when it starts
     monkeypatch.delenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", raising=False)
     monkeypatch.setenv("PYTEST_ADDOPTS", OTHER_PLUGINS_OFF)
 
