@@ -279,7 +279,7 @@ def describe(fd: int) -> FdDetails:
     target = impl.target(fd)
     deleted = False
     if target is not None:
-        kind = _refined_kind(kind, target, fd)
+        kind = refined_kind(kind, target)
         deleted = target.endswith(" (deleted)") and kind != "memfd"
     info = impl.socket_info(fd) if kind == "socket" else None
     if info is None:
@@ -300,7 +300,8 @@ def describe(fd: int) -> FdDetails:
     )
 
 
-def _refined_kind(kind: str, target: str, fd: int) -> str:
+def refined_kind(kind: str, target: str) -> str:
+    """The precise kind from a readlink target: eventfd, memfd, tty..."""
     if target.startswith("anon_inode:"):
         return _ANON_KINDS.get(target[len("anon_inode:") :], "anon")
     if target.startswith("pidfd:"):

@@ -70,6 +70,10 @@ def describe_fd(f: dict[str, Any]) -> str:
 def describe_child(f: dict[str, Any]) -> str:
     """``pid 42 [/bin/true] via subprocess.Popen, observed in the child``."""
     pid = f"pid {f['pid']}" if f.get("pid") is not None else "a child"
+    if f["route"] == "exec probe":
+        parent = f.get("hint") or ""
+        via = "a child of the test" if parent.startswith("started") else f"a descendant ({parent})"
+        return f"{pid} [{_argv_text(f['argv'])}], {via}, {f['how']}"
     return f"{pid} [{_argv_text(f['argv'])}] via {f['route']}, {f['how']}"
 
 

@@ -20,6 +20,7 @@ from pytest_noinherit import allowances as allow_mod
 from pytest_noinherit import fdtable, findings
 from pytest_noinherit.allowances import Allowance
 from pytest_noinherit.fdtable import FdEntry, FdTable
+from pytest_noinherit.probe import ProbeEnvironment
 from pytest_noinherit.settings import Settings
 from pytest_noinherit.spawns import Spawn, SpawnTracker, describe_entry
 from pytest_noinherit.warning_types import DescriptorLeakWarning
@@ -44,6 +45,8 @@ class Monitor:
         self.baseline = [e for e in baseline if e.inheritable and e.fd >= 3]
         self.record_dir = tempfile.mkdtemp(prefix="pytest-noinherit-")
         self.tracker = SpawnTracker({_key(e) for e in self.baseline}, self.record_dir)
+        self.probe = ProbeEnvironment(self.record_dir)
+        self.probe_status = self._start_probe()
         self.summary = findings.Summary()
         # Descriptors already reported: a leak is blamed on one test, never on the next.
         self.reported: set[Key] = set()
@@ -55,8 +58,21 @@ class Monitor:
         self.last_table: FdTable | None = None
         self.tracker.install()
 
+    def _start_probe(self) -> str:
+        """Switch the exec probe on if asked to and it works; the header's words."""
+        mode = self.settings.probe
+        if mode == "off" or (mode == "auto" and not self.settings.strict):
+            return "off"
+        problem = self.probe.self_test()
+        if problem:
+            return f"unavailable: {problem}"
+        self.probe.start()
+        self.tracker.probe_on = True
+        return "on"
+
     def close(self) -> None:
-        """Undo everything: wrappers removed, record directory deleted."""
+        """Undo everything: probe environment, wrappers, record directory."""
+        self.probe.stop()
         self.tracker.uninstall()
         shutil.rmtree(self.record_dir, ignore_errors=True)
 

@@ -50,7 +50,8 @@ def pytest_report_header(config: pytest.Config) -> str:
     base = ", ".join(str(e.fd) for e in monitor.baseline) or "none"
     return (
         f"noinherit: backend {fdtable.backend()} ({fdtable.backend_reason()}),"
-        f" strict {'on' if s.strict else 'off'}, baseline fds: {base}"
+        f" strict {'on' if s.strict else 'off'}, probe {monitor.probe_status},"
+        f" baseline fds: {base}"
     )
 
 

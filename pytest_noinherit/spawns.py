@@ -30,17 +30,20 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable
 
-from pytest_noinherit import fdtable
+from pytest_noinherit import fdtable, probe
 from pytest_noinherit.allowances import ChildDescriptor
 from pytest_noinherit.fdtable import FdEntry, FdTable
 
 OBSERVED = "observed in the child"
+PROBED = "observed by the exec probe"
 PREDICTED = "predicted from the parent's table at spawn time"
 REPORTED = "reported by the fork child just before exec"
 
 _RECORD_LIMIT = 1 << 20  # bytes: a larger record file is somebody else's garbage
 _RECORD_SUFFIX = ".json"
 _STDIO = 3
+_MEMORY = 4096  # children remembered for the probe's verdicts
+_CHILD_OF_TEST = "started by the test process"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +56,7 @@ class Spawn:
     how: str
     received: tuple[ChildDescriptor, ...]
     hint: str = ""  # what the caller can change: "close_fds=False", ...
+    declared: tuple[int, ...] = ()  # kept on purpose (a fork child's clean-up survivors)
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict for the record directory and the JSON report."""
@@ -78,7 +82,13 @@ class Spawn:
         texts = [data.get(k, "") for k in ("route", "how", "hint")]
         if not all(isinstance(t, str) for t in texts):
             raise ValueError("route, how and hint must be strings")
-        return cls(texts[0], pid, tuple(argv), texts[1], descs, texts[2])
+        declared = data.get("declared", [])
+        if not (
+            isinstance(declared, list)
+            and all(isinstance(d, int) and not isinstance(d, bool) for d in declared)
+        ):
+            raise ValueError("declared must be a list of integers")
+        return cls(texts[0], pid, tuple(argv), texts[1], descs, texts[2], tuple(declared))
 
 
 def _descriptor_from_json(data: object) -> ChildDescriptor:
@@ -141,6 +151,12 @@ class SpawnTracker:
         self._forked = False
         self._restore: list[tuple[object, str, object]] = []
         self.problems: list[str] = []  # internal errors, shown once in the summary
+        # With the exec probe on: pid -> descriptors declared for it, for every
+        # child Python started (their verdict is already made), and what each
+        # recorded process got from the test, to follow grandchildren.
+        self.probe_on = False
+        self._known: dict[int, frozenset[int]] = {}
+        self._lineage: dict[int, _Lineage] = {}
 
     # -- installation ---------------------------------------------------------
 
@@ -184,13 +200,78 @@ class SpawnTracker:
     # -- draining -------------------------------------------------------------
 
     def drain(self) -> list[Spawn]:
-        """Every spawn seen since the last drain, records from children included."""
+        """Every spawn seen since the last drain, records from children included.
+
+        A descriptor is reported once, for the first spawn that lists it, so
+        the order matters: the probe's observations of the test's own
+        children first (observed beats predicted), then what Python saw, then
+        the probe's deeper descendants (a grandchild only repeats its parent).
+        """
         with self._lock:
-            spawns, self._pending = self._pending, []
+            pending, self._pending = self._pending, []
         # Records exist only once some process forked: a fork child may exec
         # long after, so from then on every drain looks.
-        if self._forked:
-            spawns.extend(self.read_records())
+        forked = self.read_records() if self._forked or self.probe_on else []
+        for spawn in forked:
+            if spawn.pid is not None:
+                self._remember(spawn.pid, spawn.declared)
+        probed = self._probe_spawns() if self.probe_on else []
+        children = [s for s in probed if s.hint == _CHILD_OF_TEST]
+        deeper = [s for s in probed if s.hint != _CHILD_OF_TEST]
+        return children + forked + pending + deeper
+
+    def _remember(self, pid: int | None, declared: Iterable[int]) -> None:
+        """A child Python started: the probe must not judge it a second time."""
+        if pid is None or not self.probe_on:
+            return
+        if len(self._known) > _MEMORY:
+            self._known.pop(next(iter(self._known)))
+        self._known[pid] = frozenset(declared)
+
+    def _probe_spawns(self) -> list[Spawn]:
+        """Judge the exec probe's records: which descriptors came from the test.
+
+        A descriptor reaches a process from its parent program: it came from
+        the test if the parent's own record shows the same open file there,
+        or if the parent is the test process itself.  One the chain does not
+        lead back to (a shell opened it itself) is not the test's leak.
+        """
+        spawns = []
+        owner_keys: set[tuple[int, int, int]] | None = None
+        for rec in probe.read_records(self.record_dir):
+            if isinstance(rec, probe.RecordError):
+                self.problems.append(f"exec probe record ignored: {rec}")
+                continue
+            fds = {
+                f.fd: f
+                for f in rec.fds
+                if f.fd >= _STDIO and (f.fd, f.dev, f.ino) not in self.baseline
+            }
+            earlier = self._lineage.get(rec.pid)  # the same process exec'd again
+            parent = earlier or self._lineage.get(rec.ppid)
+            known = self._known.pop(rec.pid, None) if earlier is None else None
+            if known is not None:  # started by Python: already judged
+                from_test, declared = set(fds), known
+            elif parent is not None:
+                from_test = {n for n, f in fds.items() if parent.held.get(n) == (f.dev, f.ino)}
+                declared = parent.declared
+            elif rec.ppid == self.owner_pid:
+                from_test, declared = set(fds), frozenset()
+            else:  # an ancestor without a record: trust only what the test still holds
+                if owner_keys is None:
+                    owner_keys = fdtable.snapshot().keys()
+                from_test = {n for n, f in fds.items() if (n, f.dev, f.ino) in owner_keys}
+                declared = frozenset()
+            if len(self._lineage) > _MEMORY:
+                self._lineage.pop(next(iter(self._lineage)))
+            self._lineage[rec.pid] = _Lineage(
+                {n: (fds[n].dev, fds[n].ino) for n in from_test}, declared
+            )
+            received = sorted(from_test - declared) if known is None else []
+            if received:
+                descs = tuple(_probe_descriptor(fds[n]) for n in received)
+                relation = _CHILD_OF_TEST if rec.ppid == self.owner_pid else f"pid {rec.ppid}"
+                spawns.append(Spawn("exec probe", rec.pid, rec.argv, PROBED, descs, relation))
         return spawns
 
     def read_records(self) -> list[Spawn]:
@@ -279,6 +360,8 @@ class SpawnTracker:
                 # close_fds=True hands the child stdio and pass_fds only: nothing to check.
                 table = fdtable.snapshot() if outer and not close_fds else None
                 result = original(popen, *args, **kwargs)
+            if outer:
+                self._remember(popen.pid, pass_fds)
             if table is not None:
                 argv = popen.args if not isinstance(popen.args, (str, bytes)) else [popen.args]
                 self._record_child(
@@ -302,6 +385,7 @@ class SpawnTracker:
             if table is not None:
                 actions = kwargs.get("file_actions") or ()
                 candidates = _after_file_actions(table, actions)
+                self._remember(pid, _action_targets(actions))
                 self._record_child(
                     route, pid, argv, self._undeclared(candidates), "no file actions close it"
                 )
@@ -315,6 +399,8 @@ class SpawnTracker:
             with self._spawning() as outer:
                 table = fdtable.snapshot() if outer and not close_fds else None
                 pid = original(*args, **kwargs)
+            if outer:
+                self._remember(pid, keep or ())
             if table is not None:
                 self._record_child(
                     "_posixsubprocess.fork_exec",
@@ -363,8 +449,8 @@ class SpawnTracker:
                 if cleaned or fd not in before or before[fd].identity != e.identity
             ]
         received = self._undeclared(table, declared)
-        if not received:
-            return
+        if not received and not self.probe_on:
+            return  # with the probe on, the parent must hear of every fork child
         argv = args[1] if len(args) > 1 else ()
         spawn = Spawn(
             "fork+exec",
@@ -373,6 +459,7 @@ class SpawnTracker:
             REPORTED,
             tuple(map(describe_entry, received)),
             "fork+exec without closing it",
+            tuple(declared),
         )
         _write_record(self.record_dir, spawn)
 
@@ -395,6 +482,31 @@ def _after_file_actions(table: FdTable, actions: Iterable[Any]) -> list[FdEntry]
             elif closefrom is not None and tag == closefrom:
                 alive = {n: e for n, e in alive.items() if n < fd}
     return list(alive.values())
+
+
+def _action_targets(actions: Iterable[Any]) -> set[int]:
+    """Descriptors posix_spawn's OPEN and DUP2 actions create in the child."""
+    targets = set()
+    for action in actions:
+        with contextlib.suppress(TypeError, IndexError, ValueError):
+            if action[0] == os.POSIX_SPAWN_OPEN:
+                targets.add(int(action[1]))
+            elif action[0] == os.POSIX_SPAWN_DUP2:
+                targets.add(int(action[2]))
+    return targets
+
+
+@dataclasses.dataclass(frozen=True)
+class _Lineage:
+    """What one recorded process got from the test (fd -> identity), and its declarations."""
+
+    held: dict[int, tuple[int, int]]
+    declared: frozenset[int]
+
+
+def _probe_descriptor(f: probe.ProbeFd) -> ChildDescriptor:
+    kind = fdtable.refined_kind(fdtable.kind_of(f.mode), f.target)
+    return ChildDescriptor(f.fd, kind, f.target, f.dev, f.ino)
 
 
 def _argv(argv: Iterable[object]) -> tuple[str, ...]:
