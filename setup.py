@@ -22,11 +22,11 @@ from setuptools.command.build_ext import build_ext
 PROBE_SOURCE = os.path.join("_native", "probe.c")
 PROBE_NAME = "libnoinherit-probe.so"
 # See the comment at the top of _native/probe.c for why each flag is there.
-PROBE_FLAGS = [
-    "-nostdlib", "-ffreestanding", "-fno-builtin", "-fno-stack-protector",
-    "-fPIC", "-shared", "-O2", "-fvisibility=hidden", "-s",
-    "-Wl,-z,defs",  # an unresolved symbol is a build error, never a runtime import
-]
+# -Wl,-z,defs makes an unresolved symbol a build error, never a runtime import.
+PROBE_FLAGS = shlex.split(
+    "-nostdlib -ffreestanding -fno-builtin -fno-stack-protector -fPIC -shared -O2"
+    " -fvisibility=hidden -s -Wl,-z,defs"
+)
 
 # The plugin preloads <package>/_probe/$LIB/libnoinherit-probe.so and ld.so
 # expands $LIB per ABI (ld.so(8), "Dynamic string tokens"), so one LD_PRELOAD
@@ -34,8 +34,8 @@ PROBE_FLAGS = [
 # error into the program's stderr, so every directory an ABI may look in
 # gets an object: the real probe for the 64-bit ABI, a do-nothing stub
 # (probe.c compiled with -m32) for i386.  "$LIB" itself is for musl, which
-# does not expand the token.  Measured: docs platform-facts §3b, pitfall 4.
-PROBE_ABIS = {
+# does not expand the token.  Measured: design notes "platform facts" §3b, pitfall 4.
+PROBE_ABIS: dict[str, list[tuple[list[str], list[str]]]] = {
     "x86_64": [
         ([], ["lib/x86_64-linux-gnu", "lib64", "lib", "$LIB"]),
         (["-m32"], ["lib32", "lib/i386-linux-gnu"]),
@@ -56,28 +56,26 @@ class build_ext_with_probe(build_ext):
         if abis is None:
             return
         if self.inplace:  # --inplace and editable installs use the source tree
-            package_dir = self.get_finalized_command("build_py").get_package_dir(
-                "pytest_noinherit"
-            )
+            package_dir = self.get_finalized_command("build_py").get_package_dir("pytest_noinherit")
         else:
             package_dir = os.path.join(self.build_lib, "pytest_noinherit")
         compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
         for extra, libdirs in abis:
-            first = os.path.join(package_dir, "_probe", libdirs[0], PROBE_NAME)
-            os.makedirs(os.path.dirname(first), exist_ok=True)
-            cmd = [*compiler, *PROBE_FLAGS, *extra, "-o", first, PROBE_SOURCE]
+            targets = [os.path.join(package_dir, "_probe", d, PROBE_NAME) for d in libdirs]
+            for target in targets:  # never leave a probe from an earlier build
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                if os.path.exists(target):
+                    os.unlink(target)
+            cmd = [*compiler, *PROBE_FLAGS, *extra, "-o", targets[0], PROBE_SOURCE]
             try:
                 subprocess.run(cmd, check=True, capture_output=True, text=True)
             except (OSError, subprocess.CalledProcessError) as exc:
                 detail = getattr(exc, "stderr", None) or exc
                 self.warn(f"exec probe not built ({shlex.join(cmd)}): {detail}")
                 continue
-            self._probe_outputs.append(first)
-            for libdir in libdirs[1:]:
-                target = os.path.join(package_dir, "_probe", libdir, PROBE_NAME)
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                self.copy_file(first, target)
-                self._probe_outputs.append(target)
+            for target in targets[1:]:
+                self.copy_file(targets[0], target)
+            self._probe_outputs += targets
 
     def get_outputs(self) -> list[str]:
         return [*super().get_outputs(), *getattr(self, "_probe_outputs", [])]

@@ -102,8 +102,10 @@ def _unescape(text: bytes) -> str:
     return os.fsdecode(bytes(out))
 
 
-def _number(word: bytes) -> int:
-    if not word.isdigit() or len(word) > 20:
+def _number(word: bytes, signed: bool = False) -> int:
+    """A decimal field; the probe writes -errno (or -1) where a call failed."""
+    digits = word[1:] if signed and word[:1] == b"-" else word
+    if not digits.isdigit() or len(digits) > 20:
         raise RecordError(f"not a number: {word[:20]!r}")
     return int(word)
 
@@ -128,7 +130,8 @@ def parse_record(data: bytes) -> ProbeRecord:
             words = rest.split(b" ")
             if len(words) != 7:
                 raise RecordError("bad fd line")
-            fd, fdfl, flfl, dev, ino, mode = (_number(w) for w in words[:6])
+            fd = _number(words[0])
+            fdfl, flfl, dev, ino, mode = (_number(w, signed=True) for w in words[1:6])
             fds.append(ProbeFd(fd, fdfl, flfl, dev, ino, mode, _unescape(words[6])))
         elif key == b"truncated" and not rest:
             truncated = True
@@ -139,7 +142,9 @@ def parse_record(data: bytes) -> ProbeRecord:
     missing = {b"pid", b"ppid", b"time", b"exe", b"argv"} - set(fields)
     if missing:
         raise RecordError(f"missing {sorted(m.decode() for m in missing)}")
-    argv = tuple(_unescape(a) for a in fields[b"argv"].split(b" ") if a)
+    # An empty argument is an empty field, so split on single spaces.
+    raw_argv = fields[b"argv"]
+    argv = tuple(_unescape(a) for a in raw_argv.split(b" ")) if raw_argv else ()
     return ProbeRecord(
         pid=_number(fields[b"pid"]),
         ppid=_number(fields[b"ppid"]),

@@ -245,7 +245,9 @@ class SpawnTracker:
             fds = {
                 f.fd: f
                 for f in rec.fds
-                if f.fd >= _STDIO and (f.fd, f.dev, f.ino) not in self.baseline
+                if f.fd >= _STDIO
+                and f.fd_flags >= 0  # closed while the probe looked
+                and (f.fd, f.dev, f.ino) not in self.baseline
             }
             earlier = self._lineage.get(rec.pid)  # the same process exec'd again
             parent = earlier or self._lineage.get(rec.ppid)

@@ -1,0 +1,474 @@
+/* pytest-noinherit exec probe (detection layer C; design notes "platform facts" §3b).
+ *
+ * Loaded through LD_PRELOAD into every dynamically linked program a test
+ * starts.  Its one piece of code is an ELF constructor that ld.so runs
+ * after execve() and before the program's own code: it writes down which
+ * descriptors the new program received (PEP 446 is about exactly this
+ * moment) and returns.
+ *
+ * Constraints, each for a measured reason:
+ *   - no libc at all, not even libgcc: the same file must load into glibc
+ *     and musl programs, and a glibc-linked probe fails in musl on symbol
+ *     versions and stack-protector/fortify references.  Build with
+ *     -nostdlib -ffreestanding -fno-builtin -fno-stack-protector -fPIC
+ *     -shared; system calls are inline asm (probe_syscalls.h);
+ *   - the environment is read from /proc/self/environ, because musl calls
+ *     constructors without (argc, argv, envp);
+ *   - nothing the program can notice afterwards: every descriptor opened
+ *     here is O_CLOEXEC and closed before returning, no signal disposition
+ *     is touched, nothing is printed, errno does not exist here;
+ *   - any failure means "no record", silently: the plugin's self-test
+ *     (run /bin/true, expect one record and empty stderr) notices a probe
+ *     that cannot work.
+ *
+ * With NOINHERIT_PROBE_DIR=<absolute dir> in the environment it writes
+ * <dir>/<pid>-<monotonic ns>.rec, created as .tmp and renamed so that a
+ * reader never sees half a record:
+ *
+ *   noinherit-probe 1
+ *   pid <pid>
+ *   ppid <ppid>
+ *   time <CLOCK_MONOTONIC ns>
+ *   exe <escaped readlink of /proc/self/exe>
+ *   argv <escaped arg0> <escaped arg1> ...
+ *   fd <fd> <F_GETFD> <F_GETFL> <st_dev> <st_ino> <st_mode> <escaped target>
+ *   ...
+ *   truncated            (only when the fd lines did not fit in 256 KiB)
+ *   end
+ *
+ * Fields are separated by single spaces, so an empty argument is an empty
+ * field.  Escaping: every byte outside 0x21..0x7e, and the backslash, is
+ * written as \xHH.  A failed fcntl() is its negative errno, a failed
+ * fstat() is "-1 -1 -1", an unreadable link an empty target.
+ */
+#include "probe_syscalls.h"
+
+#if NIP_SUPPORTED
+
+typedef unsigned long nip_size;
+typedef unsigned long long nip_u64;
+
+#define NIP_HIDDEN __attribute__((visibility("hidden")))
+
+/* Compilers may turn a copy or fill loop into a memcpy/memset call even
+ * under -fno-builtin.  These hidden definitions resolve such calls inside
+ * the probe (nothing is imported), and the empty asm in each loop keeps the
+ * compiler from recognising the loop as a call to itself. */
+NIP_HIDDEN void *memcpy(void *dst, const void *src, nip_size n)
+{
+    unsigned char *d = dst;
+    const unsigned char *s = src;
+    while (n--) {
+        *d++ = *s++;
+        __asm__ volatile("" ::: "memory");
+    }
+    return dst;
+}
+
+NIP_HIDDEN void *memset(void *dst, int c, nip_size n)
+{
+    unsigned char *d = dst;
+    while (n--) {
+        *d++ = (unsigned char)c;
+        __asm__ volatile("" ::: "memory");
+    }
+    return dst;
+}
+
+#define NIP_ENV_PREFIX "NOINHERIT_PROBE_DIR="
+#define NIP_ENV_PREFIX_LEN (sizeof(NIP_ENV_PREFIX) - 1)
+#define NIP_PATH_CAP 4096
+#define NIP_CMDLINE_CAP 16384
+#define NIP_RECORD_CAP 262144
+/* Room kept for "truncated\nend\n" while fd lines are added. */
+#define NIP_RECORD_TAIL 32
+
+/* Static rather than on the stack: the constructor runs on whatever stack
+ * the program's main thread has.  Untouched .bss pages cost nothing. */
+static char nip_io[65536] __attribute__((aligned(8)));
+static char nip_dir[NIP_PATH_CAP];
+static char nip_link[NIP_PATH_CAP];
+static char nip_tmp_path[NIP_PATH_CAP + 64];
+static char nip_rec_path[NIP_PATH_CAP + 64];
+static char nip_rec[NIP_RECORD_CAP];
+static nip_size nip_pos;   /* bytes used in nip_rec */
+static nip_size nip_limit; /* nip_pos may not pass this */
+static int nip_full;       /* an append did not fit */
+
+static long nip_close(long fd)
+{
+    return nip_sys1(NIP_SYS_close, fd);
+}
+
+static long nip_read(long fd, char *buf, nip_size len)
+{
+    long n;
+    do {
+        n = nip_sys3(NIP_SYS_read, fd, buf, len);
+    } while (n == -NIP_EINTR);
+    return n;
+}
+
+/* Length of the NOINHERIT_PROBE_DIR value, copied NUL-terminated into
+ * nip_dir; 0 when the variable is absent, empty, unreadable or longer than
+ * a path can be.  The environment is scanned in chunks, so it may be any
+ * size; like getenv(), the first entry wins. */
+static nip_size nip_find_dir(void)
+{
+    enum { NAME, SKIP, VALUE, DONE } state = NAME;
+    nip_size matched = 0, len = 0;
+    long fd, n, i;
+
+    fd = nip_sys4(NIP_SYS_openat, NIP_AT_FDCWD, "/proc/self/environ",
+                  NIP_O_RDONLY | NIP_O_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    while (state != DONE) {
+        n = nip_read(fd, nip_io, sizeof nip_io);
+        if (n < 0) {
+            len = 0;
+            break;
+        }
+        if (n == 0) /* EOF: a value without its NUL still counts */
+            break;
+        for (i = 0; i < n && state != DONE; i++) {
+            char c = nip_io[i];
+            if (state == VALUE) {
+                if (c == '\0') {
+                    state = DONE;
+                } else if (len + 1 >= sizeof nip_dir) {
+                    len = 0; /* too long to be a usable directory */
+                    state = DONE;
+                } else {
+                    nip_dir[len++] = c;
+                }
+            } else if (c == '\0') {
+                state = NAME;
+                matched = 0;
+            } else if (state == NAME) {
+                if (c != NIP_ENV_PREFIX[matched])
+                    state = SKIP;
+                else if (++matched == NIP_ENV_PREFIX_LEN)
+                    state = VALUE;
+            }
+        }
+    }
+    nip_close(fd);
+    nip_dir[len] = '\0';
+    return len;
+}
+
+/* --- building the record in nip_rec ------------------------------------ */
+
+static void nip_put(const char *s, nip_size n)
+{
+    if (nip_full || n > nip_limit - nip_pos) {
+        nip_full = 1;
+        return;
+    }
+    memcpy(nip_rec + nip_pos, s, n);
+    nip_pos += n;
+}
+
+static void nip_puts(const char *s)
+{
+    nip_size n = 0;
+    while (s[n])
+        n++;
+    nip_put(s, n);
+}
+
+/* Decimal digits of v into the end of buf[24]; returns the first digit. */
+static char *nip_utoa(nip_u64 v, char *buf)
+{
+    char *p = buf + 24;
+    do {
+        *--p = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return p;
+}
+
+static void nip_put_u64(nip_u64 v)
+{
+    char buf[24];
+    char *p = nip_utoa(v, buf);
+    nip_put(p, (nip_size)(buf + 24 - p));
+}
+
+static void nip_put_long(long v)
+{
+    if (v < 0) {
+        nip_put("-", 1);
+        nip_put_u64(-(nip_u64)v);
+    } else {
+        nip_put_u64((nip_u64)v);
+    }
+}
+
+/* Untrusted bytes (paths, arguments): only 0x21..0x7e other than the
+ * backslash stand for themselves, so a record line never holds a space,
+ * newline or non-ASCII byte it did not put there itself. */
+static void nip_put_escaped(const char *s, nip_size n)
+{
+    static const char hex[] = "0123456789abcdef";
+    nip_size i;
+    for (i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c > 0x20 && c < 0x7f && c != '\\') {
+            nip_put((const char *)&c, 1);
+        } else {
+            char e[4] = {'\\', 'x', hex[c >> 4], hex[c & 15]};
+            nip_put(e, 4);
+        }
+    }
+}
+
+/* "argv" plus one escaped field per NUL-terminated argument of
+ * /proc/self/cmdline, read up to NIP_CMDLINE_CAP bytes. */
+static void nip_put_argv(void)
+{
+    nip_size len = 0, start, i;
+    long fd, n;
+    int any;
+
+    nip_puts("argv");
+    fd = nip_sys4(NIP_SYS_openat, NIP_AT_FDCWD, "/proc/self/cmdline",
+                  NIP_O_RDONLY | NIP_O_CLOEXEC, 0);
+    if (fd < 0) {
+        nip_put("\n", 1);
+        return;
+    }
+    while (len < NIP_CMDLINE_CAP) {
+        n = nip_read(fd, nip_io + len, NIP_CMDLINE_CAP - len);
+        if (n <= 0)
+            break;
+        len += (nip_size)n;
+    }
+    nip_close(fd);
+    any = len > 0; /* argc 0 reads as empty, argc 1 with "" as one NUL */
+    if (len > 0 && nip_io[len - 1] == '\0')
+        len--; /* the terminator of the last argument */
+    start = 0;
+    for (i = 0; any && i <= len; i++) {
+        if (i == len || nip_io[i] == '\0') {
+            nip_put(" ", 1);
+            nip_put_escaped(nip_io + start, i - start);
+            start = i + 1;
+        }
+    }
+    nip_put("\n", 1);
+}
+
+/* One "fd ..." line for descriptor fd; dirfd is the open /proc/self/fd. */
+static void nip_put_fd(long fd, long dirfd, const char *name)
+{
+    char st[NIP_STAT_SIZE] __attribute__((aligned(8))); /* struct stat */
+    long r;
+
+    nip_puts("fd ");
+    nip_put_long(fd);
+    nip_put(" ", 1);
+    nip_put_long(nip_sys2(NIP_SYS_fcntl, fd, NIP_F_GETFD));
+    nip_put(" ", 1);
+    nip_put_long(nip_sys2(NIP_SYS_fcntl, fd, NIP_F_GETFL));
+    nip_put(" ", 1);
+    if (nip_sys2(NIP_SYS_fstat, fd, st) == 0) {
+        nip_u64 dev, ino;
+        unsigned int mode;
+        memcpy(&dev, st + NIP_STAT_DEV, sizeof dev);
+        memcpy(&ino, st + NIP_STAT_INO, sizeof ino);
+        memcpy(&mode, st + NIP_STAT_MODE, sizeof mode);
+        nip_put_u64(dev);
+        nip_put(" ", 1);
+        nip_put_u64(ino);
+        nip_put(" ", 1);
+        nip_put_u64(mode);
+    } else {
+        nip_puts("-1 -1 -1");
+    }
+    nip_put(" ", 1);
+    r = nip_sys4(NIP_SYS_readlinkat, dirfd, name, nip_link, sizeof nip_link);
+    if (r > 0)
+        nip_put_escaped(nip_link, (nip_size)r);
+    nip_put("\n", 1);
+}
+
+/* The fd lines, from a getdents64 walk of /proc/self/fd (the descriptor
+ * used for the walk itself is left out by number).  Returns 0, or -1 when
+ * the table could not be read completely. */
+static int nip_put_fds(void)
+{
+    long dirfd, n, off;
+    unsigned short reclen;
+    int truncated = 0, failed = 0;
+
+    dirfd = nip_sys4(NIP_SYS_openat, NIP_AT_FDCWD, "/proc/self/fd",
+                     NIP_O_RDONLY | NIP_O_DIRECTORY | NIP_O_CLOEXEC, 0);
+    if (dirfd < 0)
+        return -1;
+    while (!truncated) {
+        n = nip_sys3(NIP_SYS_getdents64, dirfd, nip_io, sizeof nip_io);
+        if (n == -NIP_EINTR)
+            continue;
+        if (n < 0)
+            failed = 1;
+        if (n <= 0)
+            break;
+        /* struct linux_dirent64: u64 d_ino, s64 d_off, u16 d_reclen,
+         * u8 d_type, char d_name[]; records are 8-byte aligned. */
+        for (off = 0; off < n && !truncated; off += reclen) {
+            const char *name = nip_io + off + 19;
+            const char *p = name;
+            long fd = 0;
+            nip_size line;
+            memcpy(&reclen, nip_io + off + 16, sizeof reclen);
+            if (*p < '0' || *p > '9')
+                continue; /* "." and ".." */
+            for (; *p >= '0' && *p <= '9'; p++)
+                fd = fd * 10 + (*p - '0');
+            if (*p != '\0' || fd == dirfd)
+                continue;
+            line = nip_pos;
+            nip_put_fd(fd, dirfd, name);
+            if (nip_full) {
+                nip_pos = line;
+                nip_full = 0;
+                truncated = 1;
+            }
+        }
+    }
+    nip_close(dirfd);
+    if (failed)
+        return -1;
+    nip_limit = sizeof nip_rec;
+    if (truncated)
+        nip_puts("truncated\n");
+    return 0;
+}
+
+/* dst = dir "/" base suffix, NUL-terminated; -1 when it does not fit. */
+static int nip_join(char *dst, nip_size cap, const char *base, nip_size base_len,
+                    const char *suffix)
+{
+    nip_size dir_len = 0, n = 0;
+    while (nip_dir[dir_len])
+        dir_len++;
+    while (suffix[n])
+        n++;
+    if (dir_len + 1 + base_len + n + 1 > cap)
+        return -1;
+    memcpy(dst, nip_dir, dir_len);
+    dst[dir_len] = '/';
+    memcpy(dst + dir_len + 1, base, base_len);
+    memcpy(dst + dir_len + 1 + base_len, suffix, n + 1);
+    return 0;
+}
+
+/* Writes nip_rec to <dir>/<base>.tmp and renames it to <base>.rec. */
+static void nip_write_record(const char *base, nip_size base_len)
+{
+    nip_u64 fsize[2];
+    nip_size done = 0;
+    long fd, n, r;
+
+    if (nip_join(nip_tmp_path, sizeof nip_tmp_path, base, base_len, ".tmp") < 0 ||
+        nip_join(nip_rec_path, sizeof nip_rec_path, base, base_len, ".rec") < 0)
+        return;
+    /* Writing past RLIMIT_FSIZE raises SIGXFSZ, which would kill the
+     * program before main: leave such a process unrecorded. */
+    if (nip_sys4(NIP_SYS_prlimit64, 0, NIP_RLIMIT_FSIZE, 0, fsize) == 0 &&
+        fsize[0] < nip_pos)
+        return;
+    fd = nip_sys4(NIP_SYS_openat, NIP_AT_FDCWD, nip_tmp_path,
+                  NIP_O_WRONLY | NIP_O_CREAT | NIP_O_EXCL | NIP_O_NOFOLLOW | NIP_O_CLOEXEC,
+                  0600);
+    if (fd < 0)
+        return;
+    while (done < nip_pos) {
+        n = nip_sys3(NIP_SYS_write, fd, nip_rec + done, nip_pos - done);
+        if (n == -NIP_EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        done += (nip_size)n;
+    }
+    r = nip_close(fd);
+    if (done == nip_pos && (r == 0 || r == -NIP_EINTR) &&
+        nip_rename(nip_tmp_path, nip_rec_path) == 0)
+        return;
+    nip_sys3(NIP_SYS_unlinkat, NIP_AT_FDCWD, nip_tmp_path, 0);
+}
+
+static void nip_probe(void)
+{
+    struct {
+        long sec, nsec;
+    } now;
+    char base[64];
+    nip_size base_len = 0;
+    nip_u64 ns;
+    long pid, r;
+    char num[24];
+    char *p;
+
+    if (nip_find_dir() == 0 || nip_dir[0] != '/')
+        return; /* off, or a relative path that would follow the child's cwd */
+    pid = nip_sys0(NIP_SYS_getpid);
+    if (nip_sys2(NIP_SYS_clock_gettime, NIP_CLOCK_MONOTONIC, &now) != 0)
+        return;
+    ns = (nip_u64)now.sec * 1000000000ull + (nip_u64)now.nsec;
+
+    nip_pos = 0;
+    nip_full = 0;
+    nip_limit = sizeof nip_rec - NIP_RECORD_TAIL;
+    nip_puts("noinherit-probe 1\npid ");
+    nip_put_long(pid);
+    nip_puts("\nppid ");
+    nip_put_long(nip_sys0(NIP_SYS_getppid));
+    nip_puts("\ntime ");
+    nip_put_u64(ns);
+    nip_puts("\nexe ");
+    r = nip_sys4(NIP_SYS_readlinkat, NIP_AT_FDCWD, "/proc/self/exe", nip_link,
+                 sizeof nip_link);
+    if (r > 0)
+        nip_put_escaped(nip_link, (nip_size)r);
+    nip_put("\n", 1);
+    nip_put_argv();
+    if (nip_full)
+        return;
+    /* Only now the descriptor table: nothing of ours is open but the
+     * directory being listed, and the record file is opened afterwards. */
+    if (nip_put_fds() < 0)
+        return;
+    nip_puts("end\n");
+    if (nip_full)
+        return;
+
+    /* <pid>-<ns>: one pid can exec many times, each exec is a new record. */
+    p = nip_utoa((nip_u64)pid, num);
+    while (p < num + 24)
+        base[base_len++] = *p++;
+    base[base_len++] = '-';
+    p = nip_utoa(ns, num);
+    while (p < num + 24)
+        base[base_len++] = *p++;
+    nip_write_record(base, base_len);
+}
+
+__attribute__((constructor(101), used)) static void nip_probe_init(void)
+{
+    nip_probe();
+}
+
+#else /* !NIP_SUPPORTED */
+
+/* Other architectures (and the 32-bit stubs): load, do nothing.  A stub
+ * still has to exist for every ABI whose $LIB directory ld.so may look in,
+ * because a missing preload object makes ld.so print an error into the
+ * program's stderr. */
+__attribute__((constructor(101), used)) static void nip_probe_init(void)
+{
+}
+
+#endif

@@ -1,0 +1,181 @@
+"""The exec probe in the plugin: children started from C, grandchildren, a hostile channel."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_noinherit import probe
+
+pytestmark = pytest.mark.skipif(probe.library() is None, reason="exec probe not built")
+
+PROBE_TESTS = """
+import ctypes, os, subprocess
+
+def leaky():
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    return r, w
+
+def test_c_system():
+    r, w = leaky()
+    try:
+        ctypes.CDLL(None).system(b"true")
+    finally:
+        os.close(r); os.close(w)
+
+def test_grandchild_through_shell():
+    r, w = leaky()
+    try:
+        subprocess.run(["sh", "-c", "/bin/true; exit 0"], pass_fds=(w,))
+    finally:
+        os.close(r); os.close(w)
+
+def test_grandchild_of_a_c_child():
+    r, w = leaky()
+    try:
+        # sh is started by C; the leaked pipe reaches cat through it.
+        ctypes.CDLL(None).system(b"cat /dev/null; exit 0")
+    finally:
+        os.close(r); os.close(w)
+
+def test_parent_opened_it_itself():
+    subprocess.run(["sh", "-c", "exec 7</dev/null; /bin/true; exit 0"], check=True)
+"""
+
+
+def test_strict_mode_turns_the_probe_on(pytester: pytest.Pytester) -> None:
+    """In strict mode the probe runs by default; C-level children and grandchildren are judged."""
+    pytester.makepyfile(PROBE_TESTS)
+    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict")
+    result.stdout.fnmatch_lines(["noinherit: *probe on*"])
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_c_system _*",
+            "*fd * (pipe: pipe:*) leaked into pid * [[]sh -c true], a child of the test,"
+            " observed by the exec probe",
+            "*_ test_grandchild_of_a_c_child _*",
+            "*leaked into pid * [[]sh -c cat /dev/null; exit 0], a child of the test*",
+        ]
+    )
+
+
+def test_probe_off_sees_no_c_children(pytester: pytest.Pytester) -> None:
+    """--noinherit-probe=off: a child started from C is invisible, as documented."""
+    pytester.makepyfile(PROBE_TESTS)
+    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict", "--noinherit-probe=off")
+    result.stdout.fnmatch_lines(["noinherit: *probe off*"])
+    result.assert_outcomes(passed=4)
+
+
+def test_probe_on_without_strict(pytester: pytest.Pytester) -> None:
+    """--noinherit-probe=on works in default mode; the ini twin too."""
+    pytester.makepyfile(PROBE_TESTS)
+    pytester.makeini("[pytest]\nnoinherit_probe = on\n")
+    result = pytester.runpytest("-p", "noinherit")
+    result.stdout.fnmatch_lines(["noinherit: *strict off, probe on*"])
+    result.assert_outcomes(passed=2, failed=2)
+
+
+def test_environment_is_restored_and_user_preload_kept(pytester: pytest.Pytester) -> None:
+    """The user's LD_PRELOAD entries reach children; afterwards os.environ is as before."""
+    libc = "/lib/x86_64-linux-gnu/libc.so.6"
+    if not os.path.exists(libc):
+        pytest.skip("needs Debian's multiarch libc path")
+    pytester.makepyfile(
+        f"""
+        import os, subprocess, sys
+
+        def test_child_sees_both():
+            out = subprocess.run(
+                [sys.executable, "-c", "import os; print(os.environ['LD_PRELOAD'])"],
+                capture_output=True, text=True, check=True,
+            ).stdout.split()
+            assert out[0] == {libc!r}
+            assert out[1].endswith("libnoinherit-probe.so")
+
+        def test_restored_later():
+            pass
+        """
+    )
+    before = dict(os.environ)
+    os.environ["LD_PRELOAD"] = libc
+    try:
+        result = pytester.runpytest_inprocess("-p", "noinherit", "--noinherit-probe=on")
+        result.assert_outcomes(passed=2)
+        assert os.environ["LD_PRELOAD"] == libc
+        assert probe.DIR_ENV not in os.environ
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
+
+
+def test_garbage_in_the_record_directory(pytester: pytest.Pytester) -> None:
+    """Garbage, truncated and huge records neither crash the plugin nor hide a real one."""
+    pytester.makepyfile(
+        """
+        import ctypes, os
+
+        def test_vandal_then_leak():
+            d = os.environ["NOINHERIT_PROBE_DIR"]
+            for i, data in enumerate([b"garbage", b"noinherit-probe 1\\npid 1\\n", b"x" * (2 << 20),
+                                      b"noinherit-probe 1\\nfd 1 2 3\\nend\\n"]):
+                with open(os.path.join(d, f"1-{i}.rec"), "wb") as f:
+                    f.write(data)
+            os.symlink("/etc/passwd", os.path.join(d, "2-0.rec"))
+            r, w = os.pipe()
+            os.set_inheritable(w, True)
+            try:
+                ctypes.CDLL(None).system(b"true")
+            finally:
+                os.close(r); os.close(w)
+        """
+    )
+    result = pytester.runpytest("-p", "noinherit", "--noinherit-probe=on")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["*leaked into pid * [[]sh -c true]*", "*exec probe record ignored: *"]
+    )
+    result.stdout.no_fnmatch_line("*INTERNALERROR*")
+
+
+@given(st.binary(max_size=2048))
+def test_parser_never_raises_anything_else(data: bytes) -> None:
+    """Any bytes: a record or a RecordError, nothing else."""
+    try:
+        probe.parse_record(data)
+    except probe.RecordError:
+        pass
+
+
+LINE = st.sampled_from(
+    [
+        b"pid 12",
+        b"ppid 1",
+        b"time 99",
+        b"exe /bin/x",
+        b"argv a b\\x20c",
+        b"truncated",
+        b"fd 3 1 2 4 5 6 pipe:[1]",
+        b"fd 4 -9 -9 -1 -1 -1 ",
+        b"fd x",
+        b"end",
+        b"pid -1",
+    ]
+)
+
+
+@given(st.lists(LINE, max_size=12))
+def test_parser_on_near_records(lines: list[bytes]) -> None:
+    """Records assembled from plausible lines parse or are refused cleanly."""
+    data = b"\n".join([b"noinherit-probe 1", *lines, b"end"])
+    try:
+        rec = probe.parse_record(data)
+    except probe.RecordError:
+        return
+    assert rec.pid >= 0
+    assert all(f.fd >= 0 for f in rec.fds)
