@@ -25,7 +25,9 @@ def test_header_names_the_backend(fdkit: pytest.Pytester, monkeypatch: pytest.Mo
     monkeypatch.delenv("PYTEST_NOINHERIT_BACKEND", raising=False)
     result = fdkit.runpytest("-p", "noinherit")
     result.assert_outcomes(passed=1)
-    result.stdout.fnmatch_lines(["noinherit: backend native (*), strict off, probe off, baseline fds: *"])
+    result.stdout.fnmatch_lines(
+        ["noinherit: backend native (*), strict off, probe off, baseline fds: *"]
+    )
     monkeypatch.setenv("PYTEST_NOINHERIT_BACKEND", "python")
     result = fdkit.runpytest("-p", "noinherit")
     result.assert_outcomes(passed=1)
