@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 from hypothesis import given
@@ -178,3 +181,47 @@ def test_parser_on_near_records(lines: list[bytes]) -> None:
         return
     assert rec.pid >= 0
     assert all(f.fd >= 0 for f in rec.fds)
+
+
+def _run_cli(*args: str, pass_fds: tuple[int, ...] = ()) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pytest_noinherit", "run", *args],
+        capture_output=True,
+        text=True,
+        pass_fds=pass_fds,
+        check=False,
+    )
+
+
+def test_run_command_reports_every_process() -> None:
+    """`run -- CMD` names each exec'd process, what it received and where it came from."""
+    r, w = os.pipe()
+    try:
+        proc = _run_cli("--", "sh", "-c", "exec 7</dev/null; /bin/true; exit 0", pass_fds=(w,))
+    finally:
+        os.close(r)
+        os.close(w)
+    assert proc.returncode == 1, proc.stderr
+    text = proc.stderr
+    assert f"fd {w} (pipe: pipe:[" in text
+    assert "inherited from whoever started this command" in text
+    assert "fd 7 (chr: /dev/null) - opened by its parent pid" in text
+    assert "2 process(es) observed, 2 received descriptors beyond stdio" in text
+
+
+def test_run_command_clean_and_json() -> None:
+    """A command that receives nothing exits with its own status; --json is machine-readable."""
+    proc = _run_cli("--json", "--", "sh", "-c", "/bin/true; exit 3")
+    assert proc.returncode == 3, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert [p["argv"][0] for p in doc] == ["sh", "/bin/true"]
+    assert all(p["received"] == [] for p in doc)
+    assert doc[1]["ppid"] == doc[0]["pid"]
+
+
+def test_run_needs_a_command() -> None:
+    """A usage error, not a traceback."""
+    proc = _run_cli()
+    assert proc.returncode == 2
+    assert "run needs a command" in proc.stderr
+    assert "Traceback" not in proc.stderr
