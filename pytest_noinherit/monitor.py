@@ -27,10 +27,6 @@ from pytest_noinherit.warning_types import DescriptorLeakWarning
 
 Key = tuple[int, int, int]
 
-BEFORE = pytest.StashKey[FdTable]()
-PHASE_FINDINGS = pytest.StashKey[dict[str, list[dict[str, Any]]]]()
-ALLOWANCES = pytest.StashKey[list[Allowance]]()
-
 
 def _key(e: FdEntry) -> Key:
     return (e.fd, e.dev, e.ino)
@@ -56,6 +52,11 @@ class Monitor:
         # The table after one test's teardown is the next test's starting
         # point: one snapshot per test instead of two.
         self.last_table: FdTable | None = None
+        # The test in progress; nothing is kept on items, which live all session.
+        self.before: FdTable | None = None
+        self.allowances: list[Allowance] = []
+        # Findings waiting for their phase's report: (nodeid, when) -> findings.
+        self.unsent: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.tracker.install()
 
     def _start_probe(self) -> str:
@@ -83,10 +84,9 @@ class Monitor:
         spawns = self.tracker.drain()
         if spawns:
             self._judge_outside(spawns)
-        item.stash[BEFORE] = self.last_table or fdtable.snapshot()
+        self.before = self.last_table or fdtable.snapshot()
         self.last_table = None
-        granted, problem = self._marker_allowances(item)
-        item.stash[ALLOWANCES] = granted
+        self.allowances, problem = self._marker_allowances(item)
         yield from self._phase(item, "setup")
         if problem:
             # Raised after setup so that pytest's own setup and teardown stay paired.
@@ -110,19 +110,15 @@ class Monitor:
         self._judge(item, when, own_failure=False)
         return result
 
-    @pytest.hookimpl(wrapper=True)
-    def pytest_runtest_makereport(
-        self, item: pytest.Item, call: pytest.CallInfo[None]
-    ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
-        phases = item.stash.get(PHASE_FINDINGS, None)
-        found = phases.get(call.when) if phases else None
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        # Before pytest-xdist's worker sends the report: findings travel on it
+        # to the controller, whose own call of this hook collects them.
+        found = self.unsent.pop((report.nodeid, report.when), None) if self.unsent else None
         if found:
             report.noinherit = found  # type: ignore[attr-defined]
-        return report
-
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        found = getattr(report, "noinherit", None)
+        else:
+            found = getattr(report, "noinherit", None)
         if isinstance(found, list):
             self.summary.add(f for f in found if isinstance(f, dict) and "type" in f)
 
@@ -171,9 +167,9 @@ class Monitor:
                 )
         return result, ""
 
-    def allow_at_runtime(self, item: pytest.Item, allowance: Allowance) -> None:
-        """What the ``noinherit`` fixture's allow() calls."""
-        item.stash.setdefault(ALLOWANCES, []).append(allowance)
+    def allow_at_runtime(self, allowance: Allowance) -> None:
+        """What the ``noinherit`` fixture's allow() calls, for the test in progress."""
+        self.allowances.append(allowance)
 
     def _child_findings(
         self, item: pytest.Item | None, phase: str, spawns: Iterable[Spawn]
@@ -181,7 +177,7 @@ class Monitor:
         nodeid = item.nodeid if item is not None else "(outside any test)"
         granted = list(self.settings.allowances)
         if item is not None:
-            granted = item.stash.get(ALLOWANCES, []) + granted
+            granted = self.allowances + granted
         result = []
         for spawn in spawns:
             for desc in spawn.received:
@@ -218,7 +214,7 @@ class Monitor:
             return
         for f in found + leaks:
             self.config.hook.pytest_noinherit_finding(item=item, finding=f)
-        item.stash.setdefault(PHASE_FINDINGS, {})[when] = found + leaks
+        self.unsent[(item.nodeid, when)] = found + leaks
         for f in leaks:
             warnings.warn_explicit(
                 DescriptorLeakWarning(
@@ -239,7 +235,7 @@ class Monitor:
         self, item: pytest.Item
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Strict leftovers and leaks of a test whose teardown just ended."""
-        before = item.stash.get(BEFORE, None)
+        before, self.before = self.before, None
         fixture_left, self.fixture_leftovers = self.fixture_leftovers, []
         after = self.last_table = fdtable.snapshot()
         if before is None or (after == before and not fixture_left):

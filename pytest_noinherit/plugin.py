@@ -114,13 +114,13 @@ class NoinheritControls:
             if len(fds) > 1:
                 for fd in fds:
                     self._monitor.allow_at_runtime(
-                        self._item, allowances.build(source, [fd], kwargs, identities)
+                        allowances.build(source, [fd], kwargs, identities)
                     )
                 return
             granted = allowances.build(source, fds, kwargs, identities)
         except ValueError as exc:
             raise TypeError(f"noinherit.allow(): {exc}") from None
-        self._monitor.allow_at_runtime(self._item, granted)
+        self._monitor.allow_at_runtime(granted)
 
 
 def _fileno(obj: Any) -> int:
