@@ -233,7 +233,7 @@ static int fill_parallel(const struct pollfd *pfd, int hint, int dirfd, nic_entr
  * dirfd's st_size counts; O_PATH descriptors (POLLNVAL although open) are
  * looked for with F_GETFD first, anything still missing (above hint or
  * above the soft limit) sends us to the listing. */
-static int snapshot_poll(nic_entry *out, int cap)
+static int snapshot_poll(nic_entry *out, int cap, const nic_entry *prev, int nprev)
 {
     struct pollfd stack_pfd[NIC_POLL_STACK];
     struct pollfd *pfd = stack_pfd;
@@ -301,12 +301,26 @@ static int snapshot_poll(nic_entry *out, int cap)
     n = -1;
     if (expected >= NIC_PARALLEL_MIN && cap >= expected)
         n = fill_parallel(pfd, hint, dirfd, out, &maxfd);
-    for (int i = 0, serial = n < 0 ? (n = 0, 1) : 0; serial && i < hint; i++) {
+    for (int i = 0, j = 0, serial = n < 0 ? (n = 0, 1) : 0; serial && i < hint; i++) {
         nic_entry e;
         if ((pfd[i].revents & POLLNVAL) || i == dirfd)
             continue;
-        if (nic_fill_entry(i, &e) != 0)
+        while (j < nprev && prev[j].fd < (uint64_t)i)
+            j++;
+        if (j < nprev && prev[j].fd == (uint64_t)i) {
+            /* Open before with the same flag: keep its identity, saving the
+             * fstat (see nic_snapshot_since). */
+            int flags = fcntl(i, F_GETFD);
+            if (flags < 0)
+                continue;
+            if (((flags & FD_CLOEXEC) ? NIC_FLAG_CLOEXEC : 0) == prev[j].flags) {
+                e = prev[j];
+            } else if (nic_fill_entry(i, &e) != 0) {
+                continue;
+            }
+        } else if (nic_fill_entry(i, &e) != 0) {
             continue; /* closed by another thread meanwhile */
+        }
         if (n < cap)
             out[n] = e;
         n++;
@@ -317,6 +331,15 @@ static int snapshot_poll(nic_entry *out, int cap)
     close(dirfd);
     raise_hint(maxfd);
     return n;
+}
+
+int nic_snapshot_since(nic_entry *out, int cap, const nic_entry *prev, int nprev)
+{
+    if (cap < 0 || (cap > 0 && out == NULL) || nprev < 0 || (nprev > 0 && prev == NULL)) {
+        errno = EINVAL;
+        return -1;
+    }
+    return snapshot_poll(out, cap, prev, nprev);
 }
 
 int nic_snapshot(nic_entry *out, int cap, int method)
@@ -331,7 +354,7 @@ int nic_snapshot(nic_entry *out, int cap, int method)
     case NIC_METHOD_AUTO:
     case NIC_METHOD_POLL:
     case NIC_METHOD_NATIVE:
-        return snapshot_poll(out, cap);
+        return snapshot_poll(out, cap, NULL, 0);
     case NIC_METHOD_PROCFS:
         dirfd = open_fd_dir();
         if (dirfd < 0)

@@ -31,6 +31,14 @@ typedef struct {
  * and the caller retries with a larger buffer. */
 int nic_snapshot(nic_entry *out, int cap, int method);
 
+/* nic_snapshot(AUTO) for a caller that holds the previous snapshot (prev,
+ * ascending): a descriptor open in both with the same flag keeps prev's
+ * identity instead of paying for an fstat.  A descriptor replaced in place
+ * (closed and reopened at the same number with the same flag) between the
+ * two calls is therefore not noticed; callers that must notice it use
+ * nic_snapshot.  Platforms without a cheaper way fall back to nic_snapshot. */
+int nic_snapshot_since(nic_entry *out, int cap, const nic_entry *prev, int nprev);
+
 /* The inheritable flag (PEP 446): 1 inheritable, 0 close-on-exec. */
 int nic_get_inheritable(int fd);
 int nic_set_inheritable(int fd, int inheritable);

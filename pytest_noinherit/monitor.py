@@ -237,7 +237,11 @@ class Monitor:
         """Strict leftovers and leaks of a test whose teardown just ended."""
         before, self.before = self.before, None
         fixture_left, self.fixture_leftovers = self.fixture_leftovers, []
-        after = self.last_table = fdtable.snapshot()
+        # Between two phases of one test, an in-place swap of a descriptor
+        # (same number, same flag) is the one change this cheaper read misses.
+        after = self.last_table = (
+            fdtable.snapshot_since(before) if before is not None else fdtable.snapshot()
+        )
         if before is None or (after == before and not fixture_left):
             return [], []
         owned = {_key(e) for _, entries in self.owned.values() for e in entries}

@@ -14,8 +14,8 @@ import errno
 import operator
 import os
 import threading
-from collections.abc import Iterable
-from typing import NoReturn, SupportsIndex
+from collections.abc import Callable, Iterable
+from typing import Any, NoReturn, SupportsIndex
 
 from pytest_noinherit._core import ffi, lib
 
@@ -88,10 +88,27 @@ def snapshot(method: str = "auto") -> array.array[int]:
         code = METHODS[method]
     except (KeyError, TypeError):
         raise ValueError(f"unknown snapshot method {method!r}") from None
+    return _read(lambda buf, cap: lib.nic_snapshot(buf, cap, code))
+
+
+def snapshot_since(previous: array.array[int]) -> array.array[int]:
+    """Like snapshot(), reusing previous's identity for descriptors whose flag is unchanged.
+
+    A descriptor closed and reopened at the same number with the same flag
+    between the two calls keeps its old identity: for cheap repeated checks
+    only (noinherit.h).
+    """
+    prev = ffi.from_buffer("nic_entry[]", previous)
+    nprev = len(previous) // ENTRY_WORDS
+    return _read(lambda buf, cap: lib.nic_snapshot_since(buf, cap, prev, nprev))
+
+
+def _read(call: Callable[[Any, int], int]) -> array.array[int]:
+    """Run a snapshot call, growing the buffer until the table fits."""
     cap = max(64, _sizing.last_count * 2)
     while True:
         buf = _new_uncleared("nic_entry[]", cap)
-        n = lib.nic_snapshot(buf, cap, code)
+        n = call(buf, cap)
         if n < 0:
             _raise_errno()
         if n <= cap:

@@ -24,6 +24,7 @@ __all__ = [
     "seal",
     "set_inheritable",
     "snapshot",
+    "snapshot_since",
     "socket_info",
     "target",
 ]
@@ -77,6 +78,27 @@ def snapshot(method: str = "auto") -> array[int]:
     # it (EBADF) unless another thread reused the number, as it should.
     for fd in fds:
         _entry(out, fd)
+    return out
+
+
+def snapshot_since(previous: array[int]) -> array[int]:
+    """snapshot(), reusing previous's identity where a descriptor's flag is unchanged."""
+    prev = {previous[i]: i for i in range(0, len(previous), 5)}
+    out: array[int] = array("Q")
+    fds = _listed_fds()
+    for fd in fds if fds is not None else _scanned_fds():
+        i = prev.get(fd)
+        if i is None:
+            _entry(out, fd)
+            continue
+        try:
+            flag = fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        except OSError:
+            continue
+        if flag == previous[i + 1]:
+            out.extend(previous[i : i + 5])
+        else:
+            _entry(out, fd)
     return out
 
 

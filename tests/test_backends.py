@@ -309,3 +309,31 @@ def test_large_table_agrees(impl: ModuleType) -> None:
     finally:
         for fd in opened:
             os.close(fd)
+
+
+def test_snapshot_since_reuses_only_unchanged_entries(impl: ModuleType) -> None:
+    """snapshot_since: new and re-flagged descriptors are read afresh, others carried over."""
+    with zoo():
+        before = impl.snapshot()
+        assert rows_of(impl.snapshot_since(before)) == reference_rows()
+        fd = os.open(os.devnull, os.O_RDONLY)
+        try:
+            after = impl.snapshot_since(before)
+            assert rows_of(after) == reference_rows()
+            os.set_inheritable(fd, True)
+            flipped = impl.snapshot_since(after)
+            assert rows_of(flipped) == reference_rows()
+            # The documented blind spot: replaced in place with the same flag.
+            other = os.open(os.path.dirname(__file__), os.O_RDONLY | os.O_CLOEXEC)
+            os.dup2(other, fd, inheritable=True)
+            os.close(other)
+            assert rows_of(impl.snapshot_since(flipped)) != reference_rows()
+            assert rows_of(impl.snapshot()) == reference_rows()
+        finally:
+            os.close(fd)
+
+
+def rows_of(words: object) -> list[tuple[int, ...]]:
+    """Rows of a raw five-word table."""
+    w = list(words)  # type: ignore[call-overload]
+    return [tuple(w[i : i + 5]) for i in range(0, len(w), 5)]
