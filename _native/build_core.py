@@ -26,6 +26,8 @@ MODULE = "pytest_noinherit._core"
 
 def platform_source(platform: str = sys.platform) -> str:
     """The one platform file that implements the seam for ``platform``."""
+    if platform == "win32":
+        return "core_windows.c"
     if platform.startswith("linux"):
         return "core_linux.c"
     if platform == "darwin":
@@ -47,22 +49,30 @@ def read_cdef(header: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#include"))
 
 
-def make_builder(native_dir: str) -> FFI:
+def make_builder(native_dir: str, platform: str = sys.platform) -> FFI:
     """An FFI for the module, with sources and includes under ``native_dir``."""
     builder = FFI()
-    builder.cdef(read_cdef(os.path.join(native_dir, "noinherit.h")))
+    headers = ["noinherit.h"]
     extra = shlex.split(os.environ.get("NOINHERIT_CFLAGS", ""))
+    if platform == "win32":
+        # The handle table API; core_common.c is POSIX only; MSVC flags.
+        headers.append("noinherit_windows.h")
+        sources = [platform_source(platform)]
+        options = {"libraries": ["ws2_32"], "extra_compile_args": extra, "extra_link_args": extra}
+    else:
+        sources = ["core_common.c", platform_source(platform)]
+        options = {
+            "extra_compile_args": ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-pthread", *extra],
+            "extra_link_args": ["-pthread", *extra],
+        }
+    builder.cdef("\n".join(read_cdef(os.path.join(native_dir, h)) for h in headers))
     builder.set_source(
         MODULE,
-        '#include "noinherit.h"',
-        sources=[
-            os.path.join(native_dir, "core_common.c"),
-            os.path.join(native_dir, platform_source()),
-        ],
+        "\n".join(f'#include "{h}"' for h in headers),
+        sources=[os.path.join(native_dir, s) for s in sources],
         include_dirs=[native_dir],
-        depends=[os.path.join(native_dir, name) for name in ("noinherit.h", "core_internal.h")],
-        extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-pthread", *extra],
-        extra_link_args=["-pthread", *extra],
+        depends=[os.path.join(native_dir, h) for h in (*headers, "core_internal.h")],
+        **options,
     )
     return builder
 
