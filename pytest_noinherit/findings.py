@@ -28,6 +28,8 @@ def descriptor_json(desc: ChildDescriptor) -> dict[str, Any]:
         "dev": desc.dev,
         "ino": desc.ino,
         "origin": desc.inheritable_since or desc.created_at,
+        "created_at": desc.created_at,
+        "inheritable_since": desc.inheritable_since,
     }
 
 
@@ -63,8 +65,7 @@ def _argv_text(argv: Sequence[str], limit: int = 80) -> str:
 
 def describe_fd(f: dict[str, Any]) -> str:
     """``fd 5 (pipe: pipe:[1234])``."""
-    origin = f" - {f['origin']}" if f.get("origin") else ""
-    return f"fd {f['fd']} ({f['kind']}: {f['target']}){origin}"
+    return f"fd {f['fd']} ({f['kind']}: {f['target']})"
 
 
 def describe_child(f: dict[str, Any]) -> str:
@@ -115,6 +116,7 @@ def details_section(findings: Iterable[dict[str, Any]]) -> str:
                 f"{describe_fd(f)}",
                 f"  child: {describe_child(f)}",
                 f"  argv:  {' '.join(f['argv'])}",
+                *_origin_lines(f),
                 f"  fix:   {fix_for(f)}",
             ]
         elif f["type"] == LEFTOVER:
@@ -122,10 +124,20 @@ def details_section(findings: Iterable[dict[str, Any]]) -> str:
                 f"{describe_fd(f)}",
                 f"  left open and inheritable by {f['owner']}: every later child started"
                 " with close_fds=False, os.system or fork+exec receives it",
+                *_origin_lines(f),
                 "  fix:   close it, or create it non-inheritable"
                 f" (os.set_inheritable({f['fd']}, False))",
             ]
     return "\n".join(out)
+
+
+def _origin_lines(f: dict[str, Any]) -> list[str]:
+    lines = []
+    if f.get("created_at"):
+        lines.append(f"  origin: {f['created_at']}")
+    if f.get("inheritable_since"):
+        lines.append(f"          {f['inheritable_since']}")
+    return lines
 
 
 @dataclasses.dataclass
@@ -157,6 +169,8 @@ def write_summary(
     for f in violations:
         tr.write_line(f"VIOLATION {f['test']} ({f['phase']}): {describe_fd(f)}")
         tr.write_line(f"    into {describe_child(f)}")
+        if f.get("origin"):
+            tr.write_line(f"    {f['origin']}")
     for f in leftovers:
         tr.write_line(f"LEFTOVER {f['test']}: {describe_fd(f)}, still open after {f['owner']}")
     if leaks:

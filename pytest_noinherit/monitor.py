@@ -11,18 +11,18 @@ import contextlib
 import shutil
 import tempfile
 import warnings
-from collections.abc import Generator, Iterable
+from collections.abc import Callable, Generator, Iterable
 from typing import Any
 
 import pytest
 
 from pytest_noinherit import allowances as allow_mod
-from pytest_noinherit import fdtable, findings
+from pytest_noinherit import creators, fdtable, findings
 from pytest_noinherit.allowances import Allowance
 from pytest_noinherit.fdtable import FdEntry, FdTable
 from pytest_noinherit.probe import ProbeEnvironment
 from pytest_noinherit.settings import Settings
-from pytest_noinherit.spawns import Spawn, SpawnTracker, describe_entry
+from pytest_noinherit.spawns import Spawn, SpawnTracker
 from pytest_noinherit.warning_types import DescriptorLeakWarning
 
 Key = tuple[int, int, int]
@@ -43,6 +43,8 @@ class Monitor:
         self.tracker = SpawnTracker({_key(e) for e in self.baseline}, self.record_dir)
         self.probe = ProbeEnvironment(self.record_dir)
         self.probe_status = self._start_probe()
+        self.nodeid: str | None = None  # the test in progress, for creation records
+        self.unpatch = self._start_patch(str(config.rootpath))
         self.summary = findings.Summary()
         # Descriptors already reported: a leak is blamed on one test, never on the next.
         self.reported: set[Key] = set()
@@ -71,8 +73,23 @@ class Monitor:
         self.tracker.probe_on = True
         return "on"
 
+    def _start_patch(self, root: str) -> Callable[[], None] | None:
+        """Patch mode: PEP 446 creators and a creation record for every descriptor."""
+        if not self.settings.patch:
+            return None
+        records = creators.CreationRecords(root=root)
+
+        def origins(fd: int, dev: int, ino: int) -> tuple[str | None, str | None]:
+            created, since = records.lookup(fd, dev, ino)
+            return (created or "created outside Python (C extension or ctypes)", since)
+
+        self.tracker.origins = origins
+        return creators.install(records, lambda: self.nodeid)
+
     def close(self) -> None:
-        """Undo everything: probe environment, wrappers, record directory."""
+        """Undo everything: patches, probe environment, wrappers, record directory."""
+        if self.unpatch is not None:
+            self.unpatch()
         self.probe.stop()
         self.tracker.uninstall()
         shutil.rmtree(self.record_dir, ignore_errors=True)
@@ -84,6 +101,7 @@ class Monitor:
         spawns = self.tracker.drain()
         if spawns:
             self._judge_outside(spawns)
+        self.nodeid = item.nodeid
         self.before = self.last_table or fdtable.snapshot()
         self.last_table = None
         self.allowances, problem = self._marker_allowances(item)
@@ -266,7 +284,9 @@ class Monitor:
                 continue  # made inheritable but not new: only strict mode minds
             self.reported.add(key)
             found.append(
-                findings.table_finding(type_, item.nodeid, "teardown", describe_entry(entry), owner)
+                findings.table_finding(
+                    type_, item.nodeid, "teardown", self.tracker.describe(entry), owner
+                )
             )
         return leftovers, leaks
 

@@ -51,6 +51,7 @@ def pytest_report_header(config: pytest.Config) -> str:
     return (
         f"noinherit: backend {fdtable.backend()} ({fdtable.backend_reason()}),"
         f" strict {'on' if s.strict else 'off'}, probe {monitor.probe_status},"
+        f" patch {'on' if s.patch else 'off'},"
         f" baseline fds: {base}"
     )
 

@@ -107,14 +107,24 @@ def _descriptor_from_json(data: object) -> ChildDescriptor:
     return ChildDescriptor(fd, str(texts[0]), str(texts[1]), dev, ino, opt[0], opt[1])
 
 
-def describe_entry(entry: FdEntry) -> ChildDescriptor:
-    """Details for the report, read while the descriptor is still open."""
+Origins = Callable[[int, int, int], "tuple[str | None, str | None]"]
+
+
+def describe_entry(entry: FdEntry, origins: Origins | None = None) -> ChildDescriptor:
+    """Details for the report, read while the descriptor is still open.
+
+    ``origins(fd, dev, ino)`` gives (where it was created, where it became
+    inheritable) when patch mode records them.
+    """
     try:
         details = fdtable.describe(entry.fd)
         kind, target = details.kind, str(details)
     except OSError:
         kind, target = entry.kind, "(closed before it could be described)"
-    return ChildDescriptor(entry.fd, kind, target, entry.dev, entry.ino)
+    created = since = None
+    if origins is not None:
+        created, since = origins(entry.fd, entry.dev, entry.ino)
+    return ChildDescriptor(entry.fd, kind, target, entry.dev, entry.ino, since, created)
 
 
 def read_child_table(pid: int) -> dict[int, tuple[int, int]] | None:
@@ -155,6 +165,7 @@ class SpawnTracker:
         # child Python started (their verdict is already made), and what each
         # recorded process got from the test, to follow grandchildren.
         self.probe_on = False
+        self.origins: Origins | None = None  # patch mode's creation records
         self._known: dict[int, frozenset[int]] = {}
         self._lineage: dict[int, _Lineage] = {}
 
@@ -273,7 +284,7 @@ class SpawnTracker:
             )
             received = sorted(from_test - declared) if known is None else []
             if received:
-                descs = tuple(_probe_descriptor(fds[n]) for n in received)
+                descs = tuple(self._probe_descriptor(fds[n]) for n in received)
                 relation = _CHILD_OF_TEST if rec.ppid == self.owner_pid else f"pid {rec.ppid}"
                 spawns.append(Spawn("exec probe", rec.pid, rec.argv, PROBED, descs, relation))
         return spawns
@@ -300,6 +311,17 @@ class SpawnTracker:
             self._pending.append(spawn)
 
     # -- what a child receives ------------------------------------------------
+
+    def describe(self, entry: FdEntry) -> ChildDescriptor:
+        """describe_entry with this session's creation records."""
+        return describe_entry(entry, self.origins)
+
+    def _probe_descriptor(self, f: probe.ProbeFd) -> ChildDescriptor:
+        kind = fdtable.refined_kind(fdtable.kind_of(f.mode), f.target)
+        created = since = None
+        if self.origins is not None:
+            created, since = self.origins(f.fd, f.dev, f.ino)
+        return ChildDescriptor(f.fd, kind, f.target, f.dev, f.ino, since, created)
 
     def _undeclared(
         self, entries: Iterable[FdEntry], declared: Iterable[int] = ()
@@ -333,7 +355,7 @@ class SpawnTracker:
                 how = OBSERVED
         if candidates:
             self._add(
-                Spawn(route, pid, _argv(argv), how, tuple(map(describe_entry, candidates)), hint)
+                Spawn(route, pid, _argv(argv), how, tuple(map(self.describe, candidates)), hint)
             )
 
     # -- wrappers ---------------------------------------------------------------
@@ -461,7 +483,7 @@ class SpawnTracker:
             os.getpid(),
             _argv(argv),
             REPORTED,
-            tuple(map(describe_entry, received)),
+            tuple(map(self.describe, received)),
             "fork+exec without closing it",
             tuple(declared),
         )
@@ -506,11 +528,6 @@ class _Lineage:
 
     held: dict[int, tuple[int, int]]
     declared: frozenset[int]
-
-
-def _probe_descriptor(f: probe.ProbeFd) -> ChildDescriptor:
-    kind = fdtable.refined_kind(fdtable.kind_of(f.mode), f.target)
-    return ChildDescriptor(f.fd, kind, f.target, f.dev, f.ino)
 
 
 def _argv(argv: Iterable[object]) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ def test_header_names_the_backend(fdkit: pytest.Pytester, monkeypatch: pytest.Mo
     result = fdkit.runpytest("-p", "noinherit")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(
-        ["noinherit: backend native (*), strict off, probe off, baseline fds: *"]
+        ["noinherit: backend native (*), strict off, probe off, patch off, baseline fds: *"]
     )
     monkeypatch.setenv("PYTEST_NOINHERIT_BACKEND", "python")
     result = fdkit.runpytest("-p", "noinherit")
