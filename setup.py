@@ -18,6 +18,7 @@ import sysconfig
 
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CCompilerError, CompileError, ExecError, LinkError, PlatformError
 
 PROBE_SOURCE = os.path.join("_native", "probe.c")
 PROBE_NAME = "libnoinherit-probe.so"
@@ -47,7 +48,17 @@ PROBE_ABIS: dict[str, list[tuple[list[str], list[str]]]] = {
 
 
 class build_ext_with_probe(build_ext):
-    """``build_ext`` followed by the optional exec-probe build."""
+    """``build_ext`` with an optional native core, then the optional exec-probe build.
+
+    Without a C compiler the install still succeeds: the plugin runs on its
+    pure-Python backend and its report header says so.
+    """
+
+    def build_extension(self, ext: object) -> None:
+        try:
+            super().build_extension(ext)  # type: ignore[arg-type]
+        except (CCompilerError, CompileError, ExecError, LinkError, PlatformError, OSError) as exc:
+            self.warn(f"native core not built ({exc}); the pure-Python backend will be used")
 
     def run(self) -> None:
         super().run()
@@ -78,7 +89,8 @@ class build_ext_with_probe(build_ext):
             self._probe_outputs += targets
 
     def get_outputs(self) -> list[str]:
-        return [*super().get_outputs(), *getattr(self, "_probe_outputs", [])]
+        built = [path for path in super().get_outputs() if os.path.exists(path)]
+        return [*built, *getattr(self, "_probe_outputs", [])]
 
 
 setup(

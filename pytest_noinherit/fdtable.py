@@ -232,7 +232,7 @@ def _choice() -> tuple[ModuleType, str, str]:
                 f"{BACKEND_ENV}=native but the native core is not available: {exc}"
                 " (reinstall with a C compiler and cffi)"
             ) from exc
-        return pure, "python", f"native core not built ({exc})"
+        return pure, "python", "the native core was not compiled at install"
     why = f"forced by {BACKEND_ENV}=native" if wanted == "native" else "compiled core"
     return native, "native", f"{why}, {native.platform()}"
 

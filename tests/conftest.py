@@ -51,7 +51,7 @@ def spawn(argv=SLEEP, **kwargs):
 # Plugins that happen to be installed next to ours but play no part in a
 # test: loading hypothesis and xdist triples an inner session's start-up
 # (about 0.9 s against 0.3 s).  The xdist test takes PYTEST_ADDOPTS away again.
-OTHER_PLUGINS_OFF = "-p no:xdist -p no:hypothesispytest"
+OTHER_PLUGINS_OFF = "-p no:xdist -p no:hypothesispytest -p no:randomly"
 
 
 @pytest.fixture(autouse=True)

@@ -69,7 +69,9 @@ def zoo() -> Iterator[dict[str, int]]:
         keep("deleted", os.open(deleted, os.O_CREAT | os.O_RDWR))
         os.unlink(deleted)
         keep("high", os.dup2(r, 1500))
-        keep("tty", os.openpty()[0])
+        master, slave = os.openpty()
+        keep("tty", master)
+        keep("tty_slave", slave)
         yield fds
 
 

@@ -29,6 +29,7 @@ def _fds() -> set[int]:
     return {int(n) for n in os.listdir("/proc/self/fd")}
 
 
+@pytest.mark.allow_inherit(kind="pipe")  # the inner session leaks on purpose, in this process
 def test_in_process_session_restores_everything(pytester: pytest.Pytester) -> None:
     """After an in-process session: the same functions, environment and descriptors."""
     pytester.makepyfile(LEAKY_SESSION)
