@@ -41,6 +41,7 @@ REPORTED = "reported by the fork child just before exec"
 
 _RECORD_LIMIT = 1 << 20  # bytes: a larger record file is somebody else's garbage
 _RECORD_SUFFIX = ".json"
+_UNREADABLE = "unreadable record"
 _STDIO = 3
 _MEMORY = 4096  # children remembered for the probe's verdicts
 _CHILD_OF_TEST = "started by the test process"
@@ -299,7 +300,11 @@ class SpawnTracker:
         for entry in sorted(entries, key=lambda e: e.name):
             if not entry.name.endswith(_RECORD_SUFFIX):
                 continue
-            spawns.append(_load_record(entry.path))
+            spawn = _load_record(entry.path)
+            if spawn.route == _UNREADABLE:
+                self.problems.append(f"fork child record ignored: {spawn.argv[0]}: {spawn.how}")
+            else:
+                spawns.append(spawn)
         return spawns
 
     def _add(self, spawn: Spawn) -> None:
@@ -561,7 +566,7 @@ def _load_record(path: str) -> Spawn:
             raise ValueError(f"larger than {_RECORD_LIMIT} bytes")
         return Spawn.from_json(json.loads(data))
     except (OSError, ValueError, RecursionError) as exc:
-        return Spawn("unreadable record", None, (os.path.basename(path),), str(exc), ())
+        return Spawn(_UNREADABLE, None, (os.path.basename(path),), str(exc), ())
     finally:
         with contextlib.suppress(OSError):
             os.unlink(path)
