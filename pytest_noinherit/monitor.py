@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Generator, Iterable
@@ -30,6 +31,25 @@ Key = tuple[int, int, int]
 
 def _key(e: FdEntry) -> Key:
     return (e.fd, e.dev, e.ino)
+
+
+def _stdlib_helper_fds() -> set[int]:
+    """Descriptors the stdlib keeps for the life of the process, started on first use.
+
+    multiprocessing's resource tracker and forkserver are started by the first
+    test that needs them and live until the interpreter exits: they belong to
+    the session, not to that test.  Only modules already imported are looked at.
+    """
+    fds = set()
+    for module, obj, attr in (
+        ("multiprocessing.resource_tracker", "_resource_tracker", "_fd"),
+        ("multiprocessing.forkserver", "_forkserver", "_forkserver_alive_fd"),
+    ):
+        helper = getattr(sys.modules.get(module), obj, None)
+        fd = getattr(helper, attr, None)
+        if isinstance(fd, int):
+            fds.add(fd)
+    return fds
 
 
 class Monitor:
@@ -263,7 +283,12 @@ class Monitor:
         if before is None or (after == before and not fixture_left):
             return [], []
         owned = {_key(e) for _, entries in self.owned.values() for e in entries}
-        suspects = [("the test", e) for e in after.added_since(before) if _key(e) not in owned]
+        lifetime = _stdlib_helper_fds()
+        suspects = [
+            ("the test", e)
+            for e in after.added_since(before)
+            if _key(e) not in owned and e.fd not in lifetime
+        ]
         suspects += [("the test", e) for e in after.made_inheritable_since(before)]
         suspects += fixture_left
         if not suspects:
