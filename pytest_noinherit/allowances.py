@@ -61,7 +61,11 @@ class Allowance:
             return False
         if self.identity is not None and desc.identity != self.identity:
             return False
-        return self.path is None or fnmatch.fnmatchcase(desc.target, self.path)
+        if self.path is None:
+            return True
+        # A socket's target reads "AF_UNIX/SOCK_STREAM /run/x.sock": its address counts too.
+        words = desc.target.split(" ")
+        return any(fnmatch.fnmatchcase(t, self.path) for t in (desc.target, *words[1:2]))
 
     def __str__(self) -> str:
         parts = [str(fd) for fd in sorted(self.fds)]

@@ -20,8 +20,6 @@ from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import Any, NamedTuple
 
-from pytest_noinherit import pure
-
 __all__ = [
     "BackendError",
     "FdDetails",
@@ -223,7 +221,7 @@ def _choice() -> tuple[ModuleType, str, str]:
             f"{BACKEND_ENV}={wanted!r} is not a backend; use 'auto', 'native' or 'python'"
         )
     if wanted == "python":
-        return pure, "python", f"forced by {BACKEND_ENV}=python"
+        return _pure(), "python", f"forced by {BACKEND_ENV}=python"
     try:
         from pytest_noinherit import native
     except ImportError as exc:
@@ -232,9 +230,18 @@ def _choice() -> tuple[ModuleType, str, str]:
                 f"{BACKEND_ENV}=native but the native core is not available: {exc}"
                 " (reinstall with a C compiler and cffi)"
             ) from exc
-        return pure, "python", "the native core was not compiled at install"
+        return _pure(), "python", "the native core was not compiled at install"
     why = f"forced by {BACKEND_ENV}=native" if wanted == "native" else "compiled core"
     return native, "native", f"{why}, {native.platform()}"
+
+
+def _pure() -> ModuleType:
+    """The reference backend; it needs POSIX (fcntl), so it is imported on demand."""
+    try:
+        from pytest_noinherit import pure
+    except ImportError as exc:
+        raise BackendError(f"no backend for this platform: {exc}") from exc
+    return pure
 
 
 def _impl() -> ModuleType:
@@ -295,7 +302,7 @@ def describe(fd: int) -> FdDetails:
     if info is None:
         return FdDetails(fd, kind, target, deleted)
     family, socktype, _proto, local, peer = info
-    if isinstance(local, (bytes, bytearray)) and impl is not pure:
+    if isinstance(local, (bytes, bytearray)) and impl.__name__.endswith(".native"):
         local = _decode_sockaddr(family, bytes(local))
         peer = _decode_sockaddr(family, bytes(peer)) if peer else None
     return FdDetails(

@@ -95,14 +95,19 @@ def fix_for(f: dict[str, Any]) -> str:
     )
 
 
-def failure_message(findings: Iterable[dict[str, Any]], strict_owner: str | None = None) -> str:
+def leak_message(f: dict[str, Any]) -> str:
+    """The DescriptorLeakWarning text for one leak."""
+    return f"{describe_fd(f)} was opened by {f['owner']} and is still open after its teardown"
+
+
+def failure_message(findings: Iterable[dict[str, Any]]) -> str:
     """The short text a failing phase shows; the long one goes to a report section."""
     lines = []
     for f in findings:
         if f["type"] == VIOLATION:
             lines.append(f"{describe_fd(f)} leaked into {describe_child(f)}")
         elif f["type"] == LEFTOVER:
-            lines.append(f"{describe_fd(f)} is inheritable and still open after {f['owner']}")
+            lines.append(f"{describe_fd(f)} is inheritable and still open after {_after(f)}")
     head = f"noinherit: {len(lines)} descriptor{'s' if len(lines) != 1 else ''} nobody allowed"
     return "\n".join([head, *("  " + line for line in lines)])
 
@@ -129,6 +134,11 @@ def details_section(findings: Iterable[dict[str, Any]]) -> str:
                 f" (os.set_inheritable({f['fd']}, False))",
             ]
     return "\n".join(out)
+
+
+def _after(f: dict[str, Any]) -> str:
+    owner = str(f["owner"])
+    return owner if owner == "the test" else f"the teardown of {owner}"
 
 
 def _origin_lines(f: dict[str, Any]) -> list[str]:
@@ -172,7 +182,7 @@ def write_summary(
         if f.get("origin"):
             tr.write_line(f"    {f['origin']}")
     for f in leftovers:
-        tr.write_line(f"LEFTOVER {f['test']}: {describe_fd(f)}, still open after {f['owner']}")
+        tr.write_line(f"LEFTOVER {f['test']}: {describe_fd(f)}, still open after {_after(f)}")
     if leaks:
         tr.write_line(f"{len(leaks)} descriptor leak(s) reported as DescriptorLeakWarning:")
         for f in leaks:

@@ -186,9 +186,7 @@ class Monitor:
             return
         name, entries = owned
         still = fdtable.snapshot().keys()
-        self.fixture_leftovers += [
-            (f"the teardown of {name}", e) for e in entries if _key(e) in still
-        ]
+        self.fixture_leftovers += [(name, e) for e in entries if _key(e) in still]
 
     # -- the verdict ------------------------------------------------------------
 
@@ -217,10 +215,11 @@ class Monitor:
         if item is not None:
             granted = self.allowances + granted
         result = []
+        allowed: set[Key] = set()  # one child per allowed descriptor and phase
         for spawn in spawns:
             for desc in spawn.received:
                 key = (desc.fd, desc.dev, desc.ino)
-                if key in self.reported:
+                if key in self.reported or key in allowed:
                     continue
                 f = findings.child_finding(findings.VIOLATION, nodeid, phase, spawn, desc)
                 verdict = self.config.hook.pytest_noinherit_allow(item=item, descriptor=dict(f))
@@ -228,6 +227,7 @@ class Monitor:
                     next((a for a in granted if a.matches(desc)), None) if verdict is None else None
                 )
                 if verdict or by is not None:
+                    allowed.add(key)
                     f["type"] = findings.ALLOWED
                     f["allowed_by"] = str(by) if by is not None else "pytest_noinherit_allow hook"
                 else:
@@ -253,21 +253,26 @@ class Monitor:
         for f in found + leaks:
             self.config.hook.pytest_noinherit_finding(item=item, finding=f)
         self.unsent[(item.nodeid, when)] = found + leaks
+        escalated = []  # leak warnings that -W error:: turned into exceptions
         for f in leaks:
-            warnings.warn_explicit(
-                DescriptorLeakWarning(
-                    f"{findings.describe_fd(f)} was opened by {f['owner']} and is still open"
-                ),
-                DescriptorLeakWarning,
-                filename=str(item.path),
-                lineno=(item.location[1] or 0) + 1,
-            )
+            try:
+                warnings.warn_explicit(
+                    DescriptorLeakWarning(findings.leak_message(f)),
+                    DescriptorLeakWarning,
+                    filename=str(item.path),
+                    lineno=(item.location[1] or 0) + 1,
+                )
+            except DescriptorLeakWarning as exc:
+                escalated.append(str(exc))
         failing = [f for f in found if f["type"] in (findings.VIOLATION, findings.LEFTOVER)]
-        if not failing:
+        if failing:
+            item.add_report_section(when, "noinherit", findings.details_section(failing))
+        if own_failure or not (failing or escalated):
             return
-        item.add_report_section(when, "noinherit", findings.details_section(failing))
-        if not own_failure:
-            pytest.fail(findings.failure_message(failing), pytrace=False)
+        message = findings.failure_message(failing) if failing else ""
+        lines = [message] if message else []
+        lines += [f"DescriptorLeakWarning: {text}" for text in escalated]
+        pytest.fail("\n".join(lines), pytrace=False)
 
     def _table_findings(
         self, item: pytest.Item

@@ -70,8 +70,13 @@ _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
 
 def _c_int(value: SupportsIndex) -> int:
     """``value`` as a C int, refused exactly as :func:`os.get_inheritable` refuses it."""
-    number = operator.index(value)  # TypeError for non-integers, as os raises
+    try:
+        number = operator.index(value)
+    except TypeError:
+        os.get_inheritable(value)  # type: ignore[arg-type]  # raises os's own TypeError
+        raise
     if not _INT_MIN <= number <= _INT_MAX:
+        os.get_inheritable(number)  # raises os's own OverflowError, worded per version
         raise OverflowError("Python int too large to convert to C int")
     return number
 

@@ -104,8 +104,13 @@ def snapshot_since(previous: array[int]) -> array[int]:
 
 def _check_fd(fd: int) -> int:
     """Validate fd the way os.get_inheritable does."""
-    fd = operator.index(fd)
+    try:
+        fd = operator.index(fd)
+    except TypeError:
+        os.get_inheritable(fd)  # raises os's own TypeError, worded per version
+        raise
     if not -(2**31) <= fd < 2**31:
+        os.get_inheritable(fd)  # raises os's own OverflowError
         raise OverflowError("Python int too large to convert to C int")
     if fd < 0:  # fcntl.fcntl() would raise ValueError; the system call says EBADF
         raise OSError(errno.EBADF, os.strerror(errno.EBADF))

@@ -119,7 +119,7 @@ def test_tables_compare_and_index(impl: ModuleType) -> None:
         assert not table[fds["pipe_r"]].inheritable
         assert table[fds["opath"]].kind == "file"
         assert table[fds["unix"]].kind == "socket"
-        assert table[fds["eventfd"]].kind == "anon"
+        assert table[fds["pidfd" if "pidfd" in fds else "epoll"]].kind == "anon"
         assert fds["high"] in table
         assert table == FdTable(impl.snapshot())
         fd = os.open(os.devnull, os.O_RDONLY)
@@ -147,6 +147,7 @@ def test_details_agree(impl: ModuleType) -> None:
         "dir": "dir",
     }
     with zoo() as fds:
+        expected = {n: k for n, k in expected.items() if n in fds}  # os.eventfd: 3.10+
         found = {name: _describe(impl, fds[name]) for name in expected}
         assert {n: d.kind for n, d in found.items()} == expected
         assert found["deleted"].deleted

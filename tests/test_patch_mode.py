@@ -122,7 +122,7 @@ def _socket_creators() -> list[int]:
 CREATORS = {
     "os.pipe2(0)": _pipe2,
     "fcntl(F_DUPFD)": _fcntl_dupfd,
-    "os.eventfd(flags=0)": _eventfd,
+    **({"os.eventfd(flags=0)": _eventfd} if hasattr(os, "eventfd") else {}),  # 3.10+
     "os.memfd_create(flags=0)": _memfd,
     "os.open/pipe/dup/openpty, pty.openpty": _simple,
     "socket creators": _socket_creators,
