@@ -111,7 +111,7 @@ def build(
     return Allowance(source, frozenset(fds), frozenset(kinds), path, identity)
 
 
-def parse_ini_allowance(line: str) -> Allowance:
+def parse_ini_allowance(line: str, source: str = "ini noinherit_allow") -> Allowance:
     """``3``, ``kind=socket``, ``path=*.sock``, or several of them separated by spaces."""
     args: list[int] = []
     kwargs: dict[str, Any] = {}
@@ -125,4 +125,4 @@ def parse_ini_allowance(line: str) -> Allowance:
             raise ValueError(f"{line!r}: {key}= given twice")
         else:
             kwargs[key] = value
-    return build(f"ini noinherit_allow {line.strip()!r}", args, kwargs)
+    return build(f"{source} {line.strip()!r}", args, kwargs)

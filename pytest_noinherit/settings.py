@@ -36,10 +36,18 @@ def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("noinherit", "descriptor inheritance (pytest-noinherit)")
     group.addoption("--noinherit-strict", action="store_true", default=None, help=STRICT_HELP)
     group.addoption("--noinherit-report", metavar="PATH", default=None, help=REPORT_HELP)
+    group.addoption(
+        "--noinherit-allow",
+        metavar="SELECTOR",
+        action="append",
+        default=[],
+        help="add a project-wide allowance (like a noinherit_allow line); repeatable",
+    )
     group.addoption("--noinherit-probe", metavar="MODE", default=None, help=PROBE_HELP)
     group.addoption("--noinherit-patch", action="store_true", default=None, help=PATCH_HELP)
     parser.addini("noinherit_strict", STRICT_HELP, type="bool", default=False)
     parser.addini("noinherit_allow", ALLOW_HELP, type="linelist", default=[])
+    parser.addini("noinherit_report", REPORT_HELP, default="")
     parser.addini("noinherit_probe", PROBE_HELP, default="auto")
     parser.addini("noinherit_patch", PATCH_HELP, type="bool", default=False)
 
@@ -62,12 +70,16 @@ def resolve(config: pytest.Config) -> Settings:
             f"{source}: {probe!r} is not a probe mode; use one of {', '.join(PROBE_MODES)}"
         )
     allowances = []
-    for line in config.getini("noinherit_allow"):
-        try:
-            allowances.append(parse_ini_allowance(line))
-        except ValueError as exc:
-            raise pytest.UsageError(f"ini noinherit_allow: {exc}") from None
-    report_path = config.getoption("noinherit_report")
+    for source, lines in (
+        ("ini noinherit_allow", config.getini("noinherit_allow")),
+        ("--noinherit-allow", config.getoption("noinherit_allow")),
+    ):
+        for line in lines:
+            try:
+                allowances.append(parse_ini_allowance(line, source))
+            except ValueError as exc:
+                raise pytest.UsageError(f"{source}: {exc}") from None
+    report_path = config.getoption("noinherit_report") or str(config.getini("noinherit_report"))
     if report_path:
         _check_writable(report_path)
     return Settings(

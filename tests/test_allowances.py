@@ -390,3 +390,23 @@ def test_bad_marker_arguments_are_named_errors(fdkit: pytest.Pytester) -> None:
     result.stdout.no_fnmatch_line("*pytest_noinherit/*.py*")
     result.stdout.no_fnmatch_line("*ERROR at teardown*")
     result.stdout.no_fnmatch_line("*KeyError*")
+
+
+def test_command_line_allowance_and_ini_report(fdkit: pytest.Pytester) -> None:
+    """--noinherit-allow is the ini list's twin; noinherit_report is --noinherit-report's."""
+    fdkit.makepyfile(
+        """
+        from fdkit import inheritable_pipe, spawn
+
+        def test_passes_50():
+            with inheritable_pipe(at=50):
+                spawn()
+        """
+    )
+    fdkit.makeini("[pytest]\nnoinherit_report = found.json\n")
+    result = fdkit.runpytest("-p", "noinherit", "--noinherit-allow", "50")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["allowed by --noinherit-allow '50': 50:"])
+    assert (fdkit.path / "found.json").exists()
+    result = fdkit.runpytest("-p", "noinherit", "--noinherit-allow", "kind=nonsense")
+    result.stderr.fnmatch_lines(["ERROR: --noinherit-allow: unknown kind 'nonsense'*"])
