@@ -241,7 +241,8 @@ class ProbeEnvironment:
 def _preload_value(lib: str) -> str:
     # The user's own entries stay, and first: sanitizer runtimes must come
     # before any other preloaded object.
-    user = os.environ.get(PRELOAD_ENV, "").strip()
-    if lib in user.replace(":", " ").split():
-        return user  # inherited from an outer session (pytest-xdist's controller)
-    return f"{user} {lib}" if user else lib
+    # Another copy of the probe (an outer session's, perhaps from another
+    # install) would write a second record for every process: it goes.
+    entries = os.environ.get(PRELOAD_ENV, "").replace(":", " ").split()
+    user = [e for e in entries if os.path.basename(e) != _NAME]
+    return " ".join([*user, lib])
