@@ -384,3 +384,13 @@ int nic_socket_info(int fd, int *family, int *type, int *protocol,
     }
     return 0;
 }
+
+/* Platforms without a cheaper way than a full snapshot keep this one; the
+ * Linux backend defines its own (a weak symbol yields to it at link time). */
+__attribute__((weak)) int nic_snapshot_since(nic_entry *out, int cap, const nic_entry *prev,
+                                             int nprev)
+{
+    (void)prev;
+    (void)nprev;
+    return nic_snapshot(out, cap, NIC_METHOD_AUTO);
+}

@@ -122,11 +122,3 @@ int nic_target(int fd, char *buf, int size)
     buf[len] = '\0';
     return (int)len;
 }
-
-/* No cheaper way here than a full snapshot. */
-int nic_snapshot_since(nic_entry *out, int cap, const nic_entry *prev, int nprev)
-{
-    (void)prev;
-    (void)nprev;
-    return nic_snapshot(out, cap, NIC_METHOD_AUTO);
-}

@@ -45,11 +45,3 @@ int nic_target(int fd, char *buf, int size)
     errno = ENOSYS;
     return -1;
 }
-
-/* No cheaper way here than a full snapshot. */
-int nic_snapshot_since(nic_entry *out, int cap, const nic_entry *prev, int nprev)
-{
-    (void)prev;
-    (void)nprev;
-    return nic_snapshot(out, cap, NIC_METHOD_AUTO);
-}

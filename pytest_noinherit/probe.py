@@ -163,21 +163,32 @@ def read_records(directory: str) -> Iterator[ProbeRecord | RecordError]:
     except OSError:
         return
     for name in sorted(names, key=_record_order):
-        path = os.path.join(directory, name)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-            try:
-                data = os.read(fd, RECORD_LIMIT + 1)
-            finally:
-                os.close(fd)
-            yield parse_record(data)
+            yield parse_record(take_file(os.path.join(directory, name)))
         except RecordError as exc:
             yield RecordError(f"{name}: {exc}")
         except OSError as exc:
             yield RecordError(f"{name}: {exc.strerror}")
+
+
+def take_file(path: str) -> bytes:
+    """Read and remove a file another process wrote into our private directory.
+
+    A symlink is refused (O_NOFOLLOW), a FIFO cannot block us (O_NONBLOCK),
+    and more than RECORD_LIMIT bytes is refused: the writer is untrusted.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            data = os.read(fd, RECORD_LIMIT + 1)
         finally:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+            os.close(fd)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+    if len(data) > RECORD_LIMIT:
+        raise RecordError(f"larger than {RECORD_LIMIT} bytes")
+    return data
 
 
 def _record_order(name: str) -> tuple[int, str]:

@@ -39,7 +39,6 @@ PROBED = "observed by the exec probe"
 PREDICTED = "predicted from the parent's table at spawn time"
 REPORTED = "reported by the fork child just before exec"
 
-_RECORD_LIMIT = 1 << 20  # bytes: a larger record file is somebody else's garbage
 _RECORD_SUFFIX = ".json"
 _UNREADABLE = "unreadable record"
 _STDIO = 3
@@ -557,19 +556,9 @@ def _write_record(directory: str, spawn: Spawn) -> None:
 def _load_record(path: str) -> Spawn:
     """Read and remove one record; garbage becomes a spawn that says so."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        try:
-            data = os.read(fd, _RECORD_LIMIT + 1)
-        finally:
-            os.close(fd)
-        if len(data) > _RECORD_LIMIT:
-            raise ValueError(f"larger than {_RECORD_LIMIT} bytes")
-        return Spawn.from_json(json.loads(data))
-    except (OSError, ValueError, RecursionError) as exc:
+        return Spawn.from_json(json.loads(probe.take_file(path)))
+    except (OSError, ValueError, RecursionError) as exc:  # RecordError is a ValueError
         return Spawn(_UNREADABLE, None, (os.path.basename(path),), str(exc), ())
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
 
 
 class _Builtinlike:
