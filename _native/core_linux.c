@@ -119,7 +119,39 @@ struct nic_dirent64 {
 /* NIC_METHOD_PROCFS over an open dirfd, which it leaves open.  Raw
  * getdents64 with a 32 KiB stack buffer as in CPython's
  * _close_open_fds_safe(): no opendir(), no malloc. */
-static int snapshot_procfs(int dirfd, nic_entry *out, int cap, int *maxfd)
+/* The entry for fd in prev (ascending), or NULL. */
+static const nic_entry *find_prev(const nic_entry *prev, int nprev, int fd)
+{
+    int lo = 0, hi = nprev;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (prev[mid].fd < (uint64_t)fd)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < nprev && prev[lo].fd == (uint64_t)fd ? &prev[lo] : NULL;
+}
+
+/* One entry, reusing prev's identity when the flag is unchanged (see
+ * nic_snapshot_since); 0, or -1 when fd is not open. */
+static int fill_since(int fd, const nic_entry *prev, int nprev, nic_entry *e)
+{
+    const nic_entry *old = prev ? find_prev(prev, nprev, fd) : NULL;
+    if (old != NULL) {
+        int flags = fcntl(fd, F_GETFD);
+        if (flags < 0)
+            return -1;
+        if (((flags & FD_CLOEXEC) ? NIC_FLAG_CLOEXEC : 0) == old->flags) {
+            *e = *old;
+            return 0;
+        }
+    }
+    return nic_fill_entry(fd, e);
+}
+
+static int snapshot_procfs(int dirfd, nic_entry *out, int cap, int *maxfd, const nic_entry *prev,
+                           int nprev)
 {
     union {
         char bytes[32768];
@@ -146,7 +178,7 @@ static int snapshot_procfs(int dirfd, nic_entry *out, int cap, int *maxfd)
             if (fd < 0 || fd == dirfd)
                 continue;
             nic_entry e;
-            if (nic_fill_entry(fd, &e) != 0)
+            if (fill_since(fd, prev, nprev, &e) != 0)
                 continue; /* EBADF: closed since the listing */
             if (n < cap)
                 out[n] = e;
@@ -159,10 +191,10 @@ static int snapshot_procfs(int dirfd, nic_entry *out, int cap, int *maxfd)
     return n;
 }
 
-static int procfs_and_close(int dirfd, nic_entry *out, int cap)
+static int procfs_and_close(int dirfd, nic_entry *out, int cap, const nic_entry *prev, int nprev)
 {
     int maxfd;
-    int n = snapshot_procfs(dirfd, out, cap, &maxfd);
+    int n = snapshot_procfs(dirfd, out, cap, &maxfd, prev, nprev);
     close_keep_errno(dirfd);
     if (n >= 0)
         raise_hint(maxfd);
@@ -245,7 +277,7 @@ static int snapshot_poll(nic_entry *out, int cap, const nic_entry *prev, int npr
     if (dirfd < 0)
         return proc_unusable(errno) ? nic_snapshot_scan(out, cap) : -1;
     if (fstat(dirfd, &st) != 0 || st.st_size <= 0)
-        return procfs_and_close(dirfd, out, cap); /* Linux < 6.2 says 0 */
+        return procfs_and_close(dirfd, out, cap, prev, nprev); /* Linux < 6.2 says 0 */
     expected = (long)st.st_size - 1;              /* the dirfd itself */
 
     /* poll() refuses nfds above the soft limit; asking for the limit costs a
@@ -258,11 +290,11 @@ static int snapshot_poll(nic_entry *out, int cap, const nic_entry *prev, int npr
             hint = limit;
     }
     if (expected > hint)
-        return procfs_and_close(dirfd, out, cap);
+        return procfs_and_close(dirfd, out, cap, prev, nprev);
     if (hint > NIC_POLL_STACK) {
         pfd = malloc((size_t)hint * sizeof *pfd);
         if (pfd == NULL)
-            return procfs_and_close(dirfd, out, cap);
+            return procfs_and_close(dirfd, out, cap, prev, nprev);
     }
 
     for (int i = 0; i < hint; i++) {
@@ -278,7 +310,7 @@ static int snapshot_poll(nic_entry *out, int cap, const nic_entry *prev, int npr
         if (errno != EINTR && errno != EAGAIN) {
             if (pfd != stack_pfd)
                 free(pfd);
-            return procfs_and_close(dirfd, out, cap);
+            return procfs_and_close(dirfd, out, cap, prev, nprev);
         }
     }
     for (int i = 0; i < hint; i++)
@@ -295,32 +327,18 @@ static int snapshot_poll(nic_entry *out, int cap, const nic_entry *prev, int npr
     if (visible != expected) {
         if (pfd != stack_pfd)
             free(pfd);
-        return procfs_and_close(dirfd, out, cap);
+        return procfs_and_close(dirfd, out, cap, prev, nprev);
     }
 
     n = -1;
     if (expected >= NIC_PARALLEL_MIN && cap >= expected)
         n = fill_parallel(pfd, hint, dirfd, out, &maxfd);
-    for (int i = 0, j = 0, serial = n < 0 ? (n = 0, 1) : 0; serial && i < hint; i++) {
+    for (int i = 0, serial = n < 0 ? (n = 0, 1) : 0; serial && i < hint; i++) {
         nic_entry e;
         if ((pfd[i].revents & POLLNVAL) || i == dirfd)
             continue;
-        while (j < nprev && prev[j].fd < (uint64_t)i)
-            j++;
-        if (j < nprev && prev[j].fd == (uint64_t)i) {
-            /* Open before with the same flag: keep its identity, saving the
-             * fstat (see nic_snapshot_since). */
-            int flags = fcntl(i, F_GETFD);
-            if (flags < 0)
-                continue;
-            if (((flags & FD_CLOEXEC) ? NIC_FLAG_CLOEXEC : 0) == prev[j].flags) {
-                e = prev[j];
-            } else if (nic_fill_entry(i, &e) != 0) {
-                continue;
-            }
-        } else if (nic_fill_entry(i, &e) != 0) {
+        if (fill_since(i, prev, nprev, &e) != 0)
             continue; /* closed by another thread meanwhile */
-        }
         if (n < cap)
             out[n] = e;
         n++;
@@ -359,7 +377,7 @@ int nic_snapshot(nic_entry *out, int cap, int method)
         dirfd = open_fd_dir();
         if (dirfd < 0)
             return proc_unusable(errno) ? nic_snapshot_scan(out, cap) : -1;
-        return procfs_and_close(dirfd, out, cap);
+        return procfs_and_close(dirfd, out, cap, NULL, 0);
     case NIC_METHOD_SCAN:
         return nic_snapshot_scan(out, cap);
     default:

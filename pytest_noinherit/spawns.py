@@ -588,6 +588,10 @@ class _AuditDispatch:
     Sessions nest (pytester's in-process runs): the innermost tracker acts.
     """
 
+    # PEP 578 runs hooks untraced unless they say otherwise: let coverage and
+    # debuggers see this one.
+    __cantrace__ = True
+
     def __init__(self) -> None:
         self.stack: list[SpawnTracker] = []
         self.added = False
