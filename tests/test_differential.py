@@ -75,7 +75,6 @@ KINDS = [
     "opath",
     "deleted",
     "memfd",
-    "eventfd",
     "epoll",
     "pidfd",
     "pty",
@@ -85,6 +84,8 @@ KINDS = [
     "unix_path",
     "unix_abstract",
 ]
+if hasattr(os, "eventfd"):  # 3.10+
+    KINDS.append("eventfd")
 BACKENDS = {"native": native, "pure": pure}
 
 
