@@ -10,6 +10,8 @@ hypothesis and randomly off; a test that needs one of them puts it back.
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 # Executed only in children: the coverage report shows whether they were measured.
@@ -86,6 +88,16 @@ LEAK_REPORTED = [
 ]
 
 
+def requires(module: str) -> None:
+    """Skip unless a plugin is installed, without importing it into this process.
+
+    Importing pytest-randomly here (it brings importlib_metadata on 3.9)
+    changes how later in-process sessions find entry points.
+    """
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"{module} is not installed")
+
+
 @pytest.fixture
 def suite(pytester: pytest.Pytester) -> pytest.Pytester:
     """pytester holding the clean and the leaky inner tests."""
@@ -119,7 +131,7 @@ def test_multiprocessing_tracker_is_not_a_test_leak(pytester: pytest.Pytester) -
 
 def measure_children(suite: pytest.Pytester) -> None:
     """Skip without pytest-cov and coverage >= 7.10; otherwise have coverage follow children."""
-    pytest.importorskip("pytest_cov")
+    requires("pytest_cov")
     coverage = pytest.importorskip("coverage")
     if coverage.version_info < (7, 10):
         pytest.skip("coverage < 7.10 has no [run] patch = subprocess")
@@ -143,7 +155,7 @@ def test_pytest_cov_with_subprocess_measurement(suite: pytest.Pytester) -> None:
 def test_pytest_cov_under_xdist(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """pytest-cov and pytest-xdist together: workers measured, one violation at the controller."""
     measure_children(suite)
-    pytest.importorskip("xdist")
+    requires("xdist")
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:randomly")
     result = suite.runpytest(*STRICT, "-n", "2", "--cov=.", "--cov-report=term-missing")
     result.stdout.fnmatch_lines(["created: 2/2 workers"])
@@ -154,7 +166,7 @@ def test_pytest_cov_under_xdist(suite: pytest.Pytester, monkeypatch: pytest.Monk
 @pytest.mark.parametrize("method", ["thread", "signal"])
 def test_pytest_timeout(suite: pytest.Pytester, method: str) -> None:
     """pytest-timeout's thread and signal methods leave the verdicts alone."""
-    pytest.importorskip("pytest_timeout")
+    requires("pytest_timeout")
     result = suite.runpytest(*STRICT, *NO_RANDOMLY, "--timeout=30", f"--timeout-method={method}")
     result.stdout.fnmatch_lines([f"timeout method: {method}"])
     assert_only_the_leak(result)
@@ -162,7 +174,7 @@ def test_pytest_timeout(suite: pytest.Pytester, method: str) -> None:
 
 def test_pytest_timeout_wins_over_the_violation(pytester: pytest.Pytester) -> None:
     """A test that leaks and then times out fails with the timeout; the leak is still listed."""
-    pytest.importorskip("pytest_timeout")
+    requires("pytest_timeout")
     pytester.makepyfile(
         test_slow=LEAKY
         + """
@@ -191,7 +203,7 @@ def test_leaks_then_hangs():
 
 def test_pytest_rerunfailures(suite: pytest.Pytester) -> None:
     """Under --reruns a leak in an attempt that is rerun and passes is still reported."""
-    pytest.importorskip("pytest_rerunfailures")
+    requires("pytest_rerunfailures")
     suite.makepyfile(
         test_flaky="""
         from pathlib import Path
@@ -226,7 +238,7 @@ def test_pytest_randomly(
     suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, seed: int
 ) -> None:
     """In random order the leak is still blamed on the leaky test, and only on it."""
-    pytest.importorskip("pytest_randomly")
+    requires("pytest_randomly")
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:xdist -p no:hypothesispytest")
     result = suite.runpytest(*STRICT, "-p", "randomly", f"--randomly-seed={seed}")
     result.stdout.fnmatch_lines([f"Using --randomly-seed={seed}"])
@@ -235,7 +247,7 @@ def test_pytest_randomly(
 
 def test_pytest_xdist(suite: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     """Under -n 2 the workers' verdicts reach the controller: one violation, the rest clean."""
-    pytest.importorskip("xdist")
+    requires("xdist")
     monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:hypothesispytest -p no:randomly")
     result = suite.runpytest(*STRICT, "-n", "2")
     result.stdout.fnmatch_lines(["created: 2/2 workers"])
