@@ -47,9 +47,14 @@ from pytest_noinherit.spawns import SpawnTracker, _after_file_actions  # noqa: E
 
 native: ModuleType = pytest.importorskip("pytest_noinherit.native", reason="native core not built")
 
-pytestmark = pytest.mark.skipif(
-    not sys.platform.startswith("linux"), reason="the reference listing is /proc/self/fd"
-)
+pytestmark = [
+    # Handing descriptors to real children is what these tests check: with the
+    # plugin on this suite itself, every descriptor they pass is allowed.
+    pytest.mark.allow_inherit,
+    pytest.mark.skipif(
+        not sys.platform.startswith("linux"), reason="the reference listing is /proc/self/fd"
+    ),
+]
 
 # Descriptors the machine may hold at once: enough for interesting tables,
 # few enough that every step's describe() of all of them stays cheap.
