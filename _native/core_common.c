@@ -385,6 +385,16 @@ int nic_socket_info(int fd, int *family, int *type, int *protocol,
     return 0;
 }
 
+/* Platforms that cannot name what a descriptor refers to keep this one. */
+__attribute__((weak)) int nic_target(int fd, char *buf, int size)
+{
+    (void)fd;
+    (void)buf;
+    (void)size;
+    errno = ENOSYS;
+    return -1;
+}
+
 /* Platforms without a cheaper way than a full snapshot keep this one; the
  * Linux backend defines its own (a weak symbol yields to it at link time). */
 __attribute__((weak)) int nic_snapshot_since(nic_entry *out, int cap, const nic_entry *prev,

@@ -37,11 +37,3 @@ int nic_seal(int low, const int *keep, int nkeep)
     return nic_seal_common(low, keep, nkeep, NULL);
 }
 
-int nic_target(int fd, char *buf, int size)
-{
-    (void)fd;
-    (void)buf;
-    (void)size;
-    errno = ENOSYS;
-    return -1;
-}
