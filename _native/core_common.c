@@ -385,6 +385,11 @@ int nic_socket_info(int fd, int *family, int *type, int *protocol,
     return 0;
 }
 
+int nic_seal_loop(int low, const int *keep, int nkeep)
+{
+    return nic_seal_common(low, keep, nkeep, NULL);
+}
+
 /* Platforms that cannot name what a descriptor refers to keep this one. */
 __attribute__((weak)) int nic_target(int fd, char *buf, int size)
 {

@@ -47,6 +47,11 @@ int nic_set_inheritable(int fd, int inheritable);
  * keep (any order). */
 int nic_seal(int low, const int *keep, int nkeep);
 
+/* nic_seal's portable fallback (one F_SETFD per open descriptor), which
+ * every platform without close_range(CLOSE_RANGE_CLOEXEC) uses; exported so
+ * that it is exercised where close_range works too. */
+int nic_seal_loop(int low, const int *keep, int nkeep);
+
 /* What the descriptor refers to (readlink of /proc/self/fd/N on Linux,
  * F_GETPATH on macOS), NUL-terminated in buf.  Returns its length. */
 int nic_target(int fd, char *buf, int size);

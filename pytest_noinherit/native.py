@@ -141,11 +141,18 @@ def set_inheritable(fd: int, inheritable: bool) -> None:
         _raise_errno()
 
 
-def seal(low: int = 3, keep: Iterable[int] = ()) -> None:
-    """Make every descriptor >= ``low`` close-on-exec, except those in ``keep``."""
+def seal(low: int = 3, keep: Iterable[int] = (), method: str = "auto") -> None:
+    """Make every descriptor >= ``low`` close-on-exec, except those in ``keep``.
+
+    ``method="loop"`` forces the portable fallback used where close_range
+    cannot set the flag.
+    """
+    if method not in ("auto", "loop"):
+        raise ValueError(f"unknown seal method {method!r}")
     c_low = _c_int(low)
     kept = [_c_int(fd) for fd in keep]
-    if lib.nic_seal(c_low, ffi.new("int[]", kept), len(kept)) < 0:
+    call = lib.nic_seal_loop if method == "loop" else lib.nic_seal
+    if call(c_low, ffi.new("int[]", kept), len(kept)) < 0:
         _raise_errno()
 
 

@@ -156,7 +156,9 @@ def target(fd: int) -> str | None:
     try:
         return os.readlink(f"/proc/self/fd/{fd}")
     except FileNotFoundError:
-        raise OSError(errno.EBADF, os.strerror(errno.EBADF)) from None
+        # No such entry: the descriptor is closed, or /proc is not mounted.
+        fcntl.fcntl(fd, fcntl.F_GETFD)  # EBADF when closed
+        return None
 
 
 def socket_info(fd: int) -> tuple[int, int, int, object, object] | None:

@@ -340,3 +340,22 @@ def rows_of(words: object) -> list[tuple[int, ...]]:
     """Rows of a raw five-word table."""
     w = list(words)  # type: ignore[call-overload]
     return [tuple(w[i : i + 5]) for i in range(0, len(w), 5)]
+
+
+@pytest.mark.skipif(native is None, reason="core not built")
+def test_seal_fallback_loop_matches_close_range() -> None:
+    """The portable seal loop (no close_range) leaves the same flags as the fast path."""
+    assert native is not None
+    with zoo() as fds:
+        results = []
+        for method in ("auto", "loop"):
+            for fd in fds.values():
+                os.set_inheritable(fd, True)
+            native.seal(fds["file"], [fds["pipe_w"], fds["high"]], method=method)
+            results.append({name: os.get_inheritable(fd) for name, fd in fds.items()})
+        assert results[0] == results[1]
+        assert results[1]["pipe_w"]
+        assert results[1]["high"]
+        assert not results[1]["unix"]
+    with pytest.raises(ValueError, match="unknown seal method"):
+        native.seal(3, (), method="bogus")
