@@ -48,11 +48,6 @@ class Allowance:
     path: str | None = None
     identity: tuple[int, int] | None = None
 
-    @property
-    def allows_everything(self) -> bool:
-        """A bare ``@pytest.mark.allow_inherit``."""
-        return not (self.fds or self.kinds or self.path or self.identity)
-
     def matches(self, desc: ChildDescriptor) -> bool:
         """Whether this allowance covers desc."""
         if self.fds and desc.fd not in self.fds:
