@@ -274,14 +274,14 @@ def test_nested_in_process(pytester):
     nested_suite(pytester)
     result = pytester.runpytest_inprocess(*ARGS)
     result.assert_outcomes(passed=4, failed=1)
-    assert result.stdout.str().count("leaked into") == 1
+    assert result.stdout.str().count("VIOLATION ") == 1
 
 
 def test_nested_in_subprocess(pytester):
     nested_suite(pytester)
     result = pytester.runpytest_subprocess(*ARGS)
     result.assert_outcomes(passed=4, failed=1)
-    assert result.stdout.str().count("leaked into") == 1
+    assert result.stdout.str().count("VIOLATION ") == 1
 """
 
 
