@@ -15,6 +15,7 @@ import os
 import socket
 import stat
 import struct
+import sys
 from array import array
 from collections.abc import Iterable, Iterator
 from types import ModuleType
@@ -35,6 +36,9 @@ __all__ = [
 ]
 
 BACKEND_ENV = "PYTEST_NOINHERIT_BACKEND"
+#: What a table entry's number is: a descriptor, or on Windows a handle value,
+#: since a Windows child receives handles (the CRT descriptors are a view of some).
+UNIT = "handle" if sys.platform == "win32" else "fd"
 _WORDS = 5
 _CLOEXEC = 1
 
@@ -259,8 +263,16 @@ def backend_reason() -> str:
 
 
 def snapshot(method: str = "auto") -> FdTable:
-    """Read the whole descriptor table in one call."""
-    return FdTable(_impl().snapshot(method))
+    """Read the whole descriptor table in one call.
+
+    On Windows the table is the handle view (:data:`UNIT`): the handle behind
+    every CRT descriptor and every inheritable handle, the standard handles
+    left out, each entry numbered by its handle value.
+    """
+    impl = _impl()
+    if UNIT == "handle" and method == "auto":
+        return FdTable(impl.handle_snapshot())
+    return FdTable(impl.snapshot(method))
 
 
 def snapshot_since(previous: FdTable) -> FdTable:
@@ -268,8 +280,11 @@ def snapshot_since(previous: FdTable) -> FdTable:
 
     Cheaper than snapshot() (no fstat for them), at the price of missing a
     descriptor closed and reopened at the same number with the same flag in
-    between: for the per-test check, never for the public API.
+    between: for the per-test check, never for the public API.  The Windows
+    handle view is always read whole.
     """
+    if UNIT == "handle":
+        return snapshot()
     return FdTable(_impl().snapshot_since(previous._words))
 
 
@@ -317,6 +332,28 @@ def describe(fd: int) -> FdDetails:
     )
 
 
+def describe_entry(entry: FdEntry) -> FdDetails:
+    """:func:`describe` for an entry of a snapshot: a descriptor, or on Windows a handle."""
+    if UNIT == "fd":
+        return describe(entry.fd)
+    impl = _impl()
+    info = impl.handle_socket_info(entry.fd) if entry.kind == "socket" else None
+    if info is None:
+        target = impl.handle_target(entry.fd)
+        return FdDetails(entry.fd, entry.kind, target or f"{entry.kind} handle {entry.fd:#x}")
+    family, socktype, _proto, local, peer = info
+    return FdDetails(
+        entry.fd,
+        "socket",
+        None,
+        False,
+        _enum_name(socket.AddressFamily, family, "AF_"),
+        _enum_name(socket.SocketKind, socktype, "SOCK_"),
+        _format_address(_decode_sockaddr(family, bytes(local))),
+        _format_address(_decode_sockaddr(family, bytes(peer))) if peer else None,
+    )
+
+
 def refined_kind(kind: str, target: str) -> str:
     """The precise kind from a readlink target: eventfd, memfd, tty..."""
     if target.startswith("anon_inode:"):
@@ -346,7 +383,7 @@ def _decode_sockaddr(family: int, raw: bytes) -> object:
         port, flow = struct.unpack("!HI", raw[2:8])
         scope = struct.unpack("=I", raw[24:28])[0]
         return (str(ipaddress.IPv6Address(raw[8:24])), port, flow, scope)
-    if family == socket.AF_UNIX:
+    if family == getattr(socket, "AF_UNIX", None):
         path = raw[2:]
         if path[:1] == b"\0":
             return path  # abstract namespace: getsockname() gives bytes too

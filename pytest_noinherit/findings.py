@@ -11,6 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from pytest_noinherit.allowances import ChildDescriptor
+from pytest_noinherit.fdtable import UNIT
 from pytest_noinherit.spawns import Spawn
 
 VIOLATION = "violation"  # a child received a descriptor nobody allowed
@@ -63,9 +64,21 @@ def _argv_text(argv: Sequence[str], limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def number(n: int) -> str:
+    """A table entry's number as the user writes it: ``5``, or a handle in hex on Windows."""
+    return f"{n:#x}" if UNIT == "handle" else str(n)
+
+
+_INHERITING_ROUTES = (
+    "close_fds=False, os.system or os.spawn*"
+    if UNIT == "handle"
+    else "close_fds=False, os.system or fork+exec"
+)
+
+
 def describe_fd(f: dict[str, Any]) -> str:
-    """``fd 5 (pipe: pipe:[1234])``."""
-    return f"fd {f['fd']} ({f['kind']}: {f['target']})"
+    """``fd 5 (pipe: pipe:[1234])``, or ``handle 0x1a4 (pipe: pipe handle 0x1a4)`` on Windows."""
+    return f"{UNIT} {number(f['fd'])} ({f['kind']}: {f['target']})"
 
 
 def describe_child(f: dict[str, Any]) -> str:
@@ -80,6 +93,8 @@ def describe_child(f: dict[str, Any]) -> str:
 
 def fix_for(f: dict[str, Any]) -> str:
     """The advice for one violation."""
+    if UNIT == "handle":
+        return _windows_fix_for(f)
     fd = f["fd"]
     hint = f.get("hint") or ""
     how = {
@@ -93,6 +108,28 @@ def fix_for(f: dict[str, Any]) -> str:
         f"{how}; if the child really needs it, mark the test @pytest.mark.allow_inherit({fd});"
         f" otherwise keep it close-on-exec (os.set_inheritable({fd}, False))"
     )
+
+
+def _windows_fix_for(f: dict[str, Any]) -> str:
+    """The advice for one violation on Windows, where the caller names handles."""
+    h = number(f["fd"])
+    listed = f"startupinfo=subprocess.STARTUPINFO(lpAttributeList={{'handle_list': [{h}]}})"
+    how = {
+        "close_fds=False": f"keep close_fds=True and hand it over with {listed}",
+        "bInheritHandles=True": "pass a PROC_THREAD_ATTRIBUTE_HANDLE_LIST naming only the"
+        " handles the child needs",
+    }.get(f.get("hint") or "", f"start the child with subprocess.Popen and {listed}")
+    return (
+        f"{how}; if the child really needs it, mark the test @pytest.mark.allow_inherit({h});"
+        f" otherwise keep it non-inheritable (os.set_handle_inheritable({h}, False))"
+    )
+
+
+def _unset(f: dict[str, Any]) -> str:
+    """How to make one leftover non-inheritable."""
+    if UNIT == "handle":
+        return f"os.set_handle_inheritable({number(f['fd'])}, False)"
+    return f"os.set_inheritable({f['fd']}, False)"
 
 
 def leak_message(f: dict[str, Any]) -> str:
@@ -128,10 +165,9 @@ def details_section(findings: Iterable[dict[str, Any]]) -> str:
             out += [
                 f"{describe_fd(f)}",
                 f"  left open and inheritable by {f['owner']}: every later child started"
-                " with close_fds=False, os.system or fork+exec receives it",
+                f" with {_INHERITING_ROUTES} receives it",
                 *_origin_lines(f),
-                "  fix:   close it, or create it non-inheritable"
-                f" (os.set_inheritable({f['fd']}, False))",
+                f"  fix:   close it, or create it non-inheritable ({_unset(f)})",
             ]
     return "\n".join(out)
 
@@ -195,7 +231,7 @@ def write_summary(
         for f in items:
             tr.write_line(f"    {f['test']}: {describe_fd(f)} into {describe_child(f)}")
     if baseline:
-        fds = ", ".join(f"{e.fd} ({e.kind})" for e in baseline)
+        fds = ", ".join(f"{number(e.fd)} ({e.kind})" for e in baseline)
         tr.write_line(f"session baseline (inherited by pytest, allowed everywhere): {fds}")
     for problem in problems:
         tr.write_line(f"noinherit could not inspect a spawn: {problem}")

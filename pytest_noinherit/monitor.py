@@ -52,6 +52,15 @@ def _stdlib_helper_fds() -> set[int]:
     return fds
 
 
+def _tracker_class() -> type[SpawnTracker]:
+    """The spawn tracker of this platform."""
+    if sys.platform == "win32":
+        from pytest_noinherit.winspawns import WindowsSpawnTracker
+
+        return WindowsSpawnTracker
+    return SpawnTracker
+
+
 class Monitor:
     """Judges every test phase; collects findings from every report."""
 
@@ -60,11 +69,14 @@ class Monitor:
         self.settings = settings
         self.baseline = [e for e in baseline if e.inheritable and e.fd >= 3]
         self.record_dir = tempfile.mkdtemp(prefix="pytest-noinherit-")
-        self.tracker = SpawnTracker({_key(e) for e in self.baseline}, self.record_dir)
+        self.tracker = _tracker_class()({_key(e) for e in self.baseline}, self.record_dir)
         self.probe = ProbeEnvironment(self.record_dir)
         self.probe_status = self._start_probe()
         self.nodeid: str | None = None  # the test in progress, for creation records
         self.unpatch = self._start_patch(str(config.rootpath))
+        self.patch_status = "on" if self.unpatch else "off"
+        if settings.patch and sys.platform == "win32":
+            self.patch_status = "unavailable: the patched creators are the POSIX ones"
         self.summary = findings.Summary()
         # Descriptors already reported: a leak is blamed on one test, never on the next.
         self.reported: set[Key] = set()
@@ -95,8 +107,8 @@ class Monitor:
 
     def _start_patch(self, root: str) -> Callable[[], None] | None:
         """Patch mode: PEP 446 creators and a creation record for every descriptor."""
-        if not self.settings.patch:
-            return None
+        if not self.settings.patch or sys.platform == "win32":
+            return None  # the stdlib creators patched are the POSIX ones
         records = creators.CreationRecords(root=root)
 
         def origins(fd: int, dev: int, ino: int) -> tuple[str | None, str | None]:

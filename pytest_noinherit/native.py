@@ -171,6 +171,10 @@ def target(fd: int) -> str | None:
 def socket_info(fd: int) -> tuple[int, int, int, bytes, bytes] | None:
     """``(family, type, protocol, local, peer)`` raw sockaddr bytes, or None for a non-socket."""
     c_fd = _c_int(fd)
+    return _socket_info(lambda *out: lib.nic_socket_info(c_fd, *out))
+
+
+def _socket_info(call: Callable[..., int]) -> tuple[int, int, int, bytes, bytes] | None:
     family = ffi.new("int *")
     sock_type = ffi.new("int *")
     protocol = ffi.new("int *")
@@ -178,7 +182,7 @@ def socket_info(fd: int) -> tuple[int, int, int, bytes, bytes] | None:
     local_len = ffi.new("int *", _SOCKADDR_SIZE)
     peer = ffi.new("unsigned char[]", _SOCKADDR_SIZE)
     peer_len = ffi.new("int *", _SOCKADDR_SIZE)
-    if lib.nic_socket_info(c_fd, family, sock_type, protocol, local, local_len, peer, peer_len) < 0:
+    if call(family, sock_type, protocol, local, local_len, peer, peer_len) < 0:
         if ffi.errno == errno.ENOTSOCK:
             return None
         _raise_errno()
@@ -192,6 +196,57 @@ def socket_info(fd: int) -> tuple[int, int, int, bytes, bytes] | None:
 
 
 def platform() -> str:
-    """The platform backend compiled in: ``linux``, ``darwin``, ``bsd`` or ``posix``."""
+    """The platform backend compiled in: ``linux``, ``darwin``, ``bsd``, ``posix``, ``windows``."""
     name: bytes = ffi.string(lib.nic_platform())
     return name.decode("ascii")
+
+
+# -- Windows: the handle table (_native/noinherit_windows.h) --------------------
+#
+# Handles are pointer-sized values, passed to C as uint64_t; each function
+# exists only in a Windows build of the core.
+
+
+def handle_snapshot() -> array.array[int]:
+    """This process's handle view, five ``Q`` words per handle like :func:`snapshot`.
+
+    The handle behind every CRT descriptor and every handle with the inherit
+    flag, ascending; the first word of an entry is the handle value.
+    """
+    return _read(lib.nic_win_snapshot)
+
+
+def process_handles(pid: int = 0) -> list[tuple[int, int]]:
+    """``(handle, attributes)`` of every handle of process ``pid`` (0: this one), ascending."""
+    cap = 256
+    while True:
+        buf = ffi.new("nic_handle[]", cap)
+        n = lib.nic_win_handles(pid, buf, cap)
+        if n < 0:
+            _raise_errno()
+        if n <= cap:
+            return [(int(buf[i].handle), int(buf[i].attributes)) for i in range(n)]
+        cap = n + n // 2
+
+
+def handle_target(handle: int) -> str | None:
+    """The path of a disk file handle; None for pipes, sockets and devices."""
+    buf = ffi.new("char[]", _TARGET_SIZE)
+    n = lib.nic_win_handle_target(handle, buf, _TARGET_SIZE)
+    if n < 0:
+        if ffi.errno == errno.ENOSYS:
+            return None
+        _raise_errno()
+    path: bytes = ffi.buffer(buf, n)[:]
+    return path.decode("utf-8", "replace")
+
+
+def handle_socket_info(handle: int) -> tuple[int, int, int, bytes, bytes] | None:
+    """:func:`socket_info` for a socket handle (a ``SOCKET`` value)."""
+    return _socket_info(lambda *out: lib.nic_win_handle_socket_info(handle, *out))
+
+
+def resume_thread(thread: int) -> None:
+    """Resume a thread created suspended (``ResumeThread``)."""
+    if lib.nic_win_resume_thread(thread) < 0:
+        _raise_errno()

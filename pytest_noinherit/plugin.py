@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -36,8 +35,6 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", allowances.MARKER_HELP)
-    if sys.platform == "win32":
-        return  # the Windows core exists (docs/windows.md); the verdict is not wired yet
     from pytest_noinherit.monitor import Monitor
 
     resolved = settings.resolve(config)
@@ -51,17 +48,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.pluginmanager.register(monitor, "noinherit-monitor")
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def pytest_report_header(config: pytest.Config) -> str | None:
     monitor = config.stash.get(MONITOR, None)
     if monitor is None:
-        return f"noinherit: inactive on {sys.platform} (see the platform notes)"
+        return None
     s = monitor.settings
-    base = ", ".join(str(e.fd) for e in monitor.baseline) or "none"
+    base = ", ".join(findings.number(e.fd) for e in monitor.baseline) or "none"
     return (
         f"noinherit: backend {fdtable.backend()} ({fdtable.backend_reason()}),"
         f" strict {'on' if s.strict else 'off'}, probe {monitor.probe_status},"
-        f" patch {'on' if s.patch else 'off'},"
-        f" baseline fds: {base}"
+        f" patch {monitor.patch_status},"
+        f" baseline {fdtable.UNIT}s: {base}"
     )
 
 

@@ -117,7 +117,7 @@ def describe_entry(entry: FdEntry, origins: Origins | None = None) -> ChildDescr
     inheritable) when patch mode records them.
     """
     try:
-        details = fdtable.describe(entry.fd)
+        details = fdtable.describe_entry(entry)
         kind, target = details.kind, str(details)
     except OSError:
         kind, target = entry.kind, "(closed before it could be described)"

@@ -22,12 +22,15 @@ from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 
 __all__ = [
+    "CREATE_SUSPENDED",
     "FILE_TYPE_CHAR",
     "FILE_TYPE_DISK",
     "FILE_TYPE_PIPE",
     "FILE_TYPE_UNKNOWN",
     "OBJ_INHERIT",
+    "STARTF_USESTDHANDLES",
     "Inheritance",
+    "create_process_inherits",
     "crt_spawn_inherits",
     "filter_handle_list",
     "inheritable_handles",
@@ -40,6 +43,11 @@ __all__ = [
 
 #: ``HandleAttributes`` bit of a handle-table entry: the handle is inheritable.
 OBJ_INHERIT = 0x2
+
+#: ``CreateProcess`` creation flag: the child's first thread waits for ResumeThread.
+CREATE_SUSPENDED = 0x4
+#: ``STARTUPINFO.dwFlags`` bit: the hStd* fields are the child's standard handles.
+STARTF_USESTDHANDLES = 0x100
 
 #: ``GetFileType`` answers (winbase.h).
 FILE_TYPE_UNKNOWN = 0x0000
@@ -173,6 +181,31 @@ def popen_inherits(
     if close_fds:
         return Inheritance(False, None, tuple(declared_std))
     return Inheritance(True, None, tuple(declared_std), "close_fds=False")
+
+
+def create_process_inherits(
+    inherit_handles: object, startup_info: object, hint: str = "bInheritHandles=True"
+) -> Inheritance:
+    """What one ``_winapi.CreateProcess`` call passes on, read from its own arguments.
+
+    Every Python route to ``CreateProcess`` (``subprocess.Popen`` after the
+    rules of :func:`popen_inherits`, ``multiprocessing``, ``asyncio``, direct
+    calls) meets here, so this is the rule the plugin applies.  Declared are
+    the handles the caller named: ``startup_info.lpAttributeList["handle_list"]``
+    and, with ``STARTF_USESTDHANDLES``, the three standard handles.
+    """
+    attributes = getattr(startup_info, "lpAttributeList", None)
+    listed = attributes.get("handle_list") if isinstance(attributes, dict) else None
+    handle_list = tuple(int(h) for h in listed) if listed else None
+    std: tuple[int, ...] = ()
+    if int(getattr(startup_info, "dwFlags", 0) or 0) & STARTF_USESTDHANDLES:
+        std = tuple(
+            int(h)
+            for h in (getattr(startup_info, f"hStd{n}", None) for n in ("Input", "Output", "Error"))
+            if h
+        )
+    declared = tuple(sorted(set(handle_list or ()) | set(std)))
+    return Inheritance(bool(inherit_handles), handle_list, declared, hint)
 
 
 def crt_spawn_inherits() -> Inheritance:
