@@ -545,20 +545,24 @@ static int copy_utf8(char *buf, int size, const char *src, int len)
     return len;
 }
 
-int nic_target(int fd, char *buf, int size)
+/* nic_target and nic_win_handle_target.  h is INVALID_HANDLE_VALUE when
+ * crt_handle() found no descriptor: EBADF, but only after the argument
+ * check, as on POSIX. */
+static int handle_target(HANDLE h, char *buf, int size)
 {
     wchar_t small[MAX_PATH + 16];
     wchar_t *path = small, *shown;
     DWORD cap = (DWORD)(sizeof small / sizeof small[0]), len;
     char *utf8 = NULL;
     int n, rc;
-    HANDLE h;
 
     if (buf == NULL || size <= 0)
         return fail_errno(EINVAL);
-    h = crt_handle(fd);
     if (h == INVALID_HANDLE_VALUE)
-        return -1;
+        return fail_errno(EBADF);
+    /* A handle that is not open (closed behind the CRT's back, or a bogus
+     * value) is FILE_TYPE_UNKNOWN: ENOSYS too, "unknowable" to Python,
+     * which it is for a descriptor the CRT still calls open. */
     if (GetFileType(h) != FILE_TYPE_DISK)
         return fail_errno(ENOSYS); /* pipes, sockets, consoles have no path */
 
@@ -608,6 +612,16 @@ int nic_target(int fd, char *buf, int size)
     return rc;
 }
 
+int nic_target(int fd, char *buf, int size)
+{
+    return handle_target(crt_handle(fd), buf, size);
+}
+
+int nic_win_handle_target(uint64_t handle, char *buf, int size)
+{
+    return handle_target((HANDLE)(uintptr_t)handle, buf, size);
+}
+
 /* ---------------------------------------------------------------------- */
 /* Sockets                                                                 */
 
@@ -629,20 +643,16 @@ static void copy_address(unsigned char *dst, int *dst_len, const struct sockaddr
     *dst_len = n;
 }
 
-int nic_socket_info(int fd, int *family, int *type, int *protocol, unsigned char *local,
-                    int *local_len, unsigned char *peer, int *peer_len)
+/* nic_socket_info and nic_win_handle_socket_info: a SOCKET is a handle. */
+static int socket_info(SOCKET s, int *family, int *type, int *protocol, unsigned char *local,
+                       int *local_len, unsigned char *peer, int *peer_len)
 {
     struct sockaddr_storage ss;
     WSAPROTOCOL_INFOW info;
     int value = 0, vlen = (int)sizeof value, sslen, ilen = (int)sizeof info;
-    SOCKET s;
-    HANDLE h = crt_handle(fd);
 
-    if (h == INVALID_HANDLE_VALUE)
-        return -1;
     if (ensure_winsock() != 0)
         return -1;
-    s = (SOCKET)h;
 
     /* SO_TYPE is the "is this a socket" probe: WSAENOTSOCK -> ENOTSOCK. */
     if (getsockopt(s, SOL_SOCKET, SO_TYPE, (char *)&value, &vlen) != 0)
@@ -687,6 +697,23 @@ int nic_socket_info(int fd, int *family, int *type, int *protocol, unsigned char
             *peer_len = 0; /* listening, unconnected or datagram */
     }
     return 0;
+}
+
+int nic_socket_info(int fd, int *family, int *type, int *protocol, unsigned char *local,
+                    int *local_len, unsigned char *peer, int *peer_len)
+{
+    HANDLE h = crt_handle(fd);
+    if (h == INVALID_HANDLE_VALUE)
+        return -1;
+    return socket_info((SOCKET)h, family, type, protocol, local, local_len, peer, peer_len);
+}
+
+int nic_win_handle_socket_info(uint64_t handle, int *family, int *type, int *protocol,
+                               unsigned char *local, int *local_len, unsigned char *peer,
+                               int *peer_len)
+{
+    return socket_info((SOCKET)(uintptr_t)handle, family, type, protocol, local, local_len, peer,
+                       peer_len);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -819,24 +846,34 @@ static int compare_handles(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* The unsorted table of the process (process may be NULL: class 64 only)
+ * appended to list; on failure list may hold a partial table. */
+static LONG read_handle_table(HANDLE process, DWORD pid, handle_vec *list)
+{
+    size_t start = list->count;
+    LONG status = NIC_STATUS_NOT_IMPLEMENTED;
+
+    InitOnceExecuteOnce(&ntdll_once, resolve_ntdll, NULL, NULL);
+    if (process != NULL)
+        status = handles_by_process(process, list);
+    if (status < 0) {
+        /* Class 51 is missing before Windows 8 and in wine 8
+         * (STATUS_INVALID_INFO_CLASS), or refused for this process: class
+         * 64 needs no handle to the process at all. */
+        list->count = start;
+        status = handles_by_system(pid, list);
+    }
+    return status;
+}
+
 /* The table of the process (process may be NULL: class 64 only), sorted,
  * copied into out[0..cap).  Returns the count or -1 with errno. */
 static int process_handles(HANDLE process, DWORD pid, nic_handle *out, int cap)
 {
     handle_vec list = {NULL, 0, 0};
-    LONG status = NIC_STATUS_NOT_IMPLEMENTED;
+    LONG status = read_handle_table(process, pid, &list);
     int n;
 
-    InitOnceExecuteOnce(&ntdll_once, resolve_ntdll, NULL, NULL);
-    if (process != NULL)
-        status = handles_by_process(process, &list);
-    if (status < 0) {
-        /* Class 51 is missing before Windows 8 and in wine 8
-         * (STATUS_INVALID_INFO_CLASS), or refused for this process: class
-         * 64 needs no handle to the process at all. */
-        list.count = 0;
-        status = handles_by_system(pid, &list);
-    }
     if (status < 0) {
         free(list.items);
         return fail_status(status);
@@ -876,6 +913,91 @@ int nic_win_handles(unsigned long pid, nic_handle *out, int cap)
     if (n == 0 && open_error == ERROR_INVALID_PARAMETER)
         return fail_errno(ESRCH);
     return n;
+}
+
+/* ---------------------------------------------------------------------- */
+/* The handle view: what a child started with bInheritHandles=TRUE gets,
+ * plus what the CRT descriptors name                                      */
+
+/* Behind descriptor 0, 1 or 2, or a process standard handle. */
+static int is_standard_handle(HANDLE h)
+{
+    static const DWORD std_ids[] = {STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE};
+    for (int i = 0; i < 3; i++)
+        if (h == crt_handle(i) || h == GetStdHandle(std_ids[i]))
+            return 1;
+    return 0;
+}
+
+int nic_win_snapshot(nic_entry *out, int cap)
+{
+    handle_vec list = {NULL, 0, 0};
+    size_t kept = 0, unique = 0;
+    LONG status;
+    int limit = fd_limit();
+
+    if (cap < 0 || (cap > 0 && out == NULL))
+        return fail_errno(EINVAL);
+    /* Winsock first: whatever WSAStartup keeps open is then in every
+     * snapshot, the first one included, not only from the second on. */
+    InitOnceExecuteOnce(&winsock_once, start_winsock, NULL, NULL);
+
+    status = read_handle_table(GetCurrentProcess(), GetCurrentProcessId(), &list);
+    if (status < 0) {
+        free(list.items);
+        return fail_status(status);
+    }
+    /* Only the inheritable handles of the table: the rest no child gets. */
+    for (size_t i = 0; i < list.count; i++)
+        if (list.items[i].attributes & NIC_OBJ_INHERIT)
+            list.items[kept++] = list.items[i];
+    list.count = kept;
+
+    /* Every descriptor's handle, inheritable or not, as nic_snapshot. */
+    for (int fd = 0; fd < limit; fd++) {
+        HANDLE h = crt_handle(fd);
+        if (h == INVALID_HANDLE_VALUE)
+            continue;
+        if (push_handle(&list, (uint64_t)(uintptr_t)h, 0, 0, 0) != 0) {
+            free(list.items);
+            return fail_errno(ENOMEM);
+        }
+    }
+
+    /* A descriptor's inheritable handle is in both halves: keep one.  The
+     * standard handles are left out: every child is meant to get them, as
+     * descriptors 0, 1 and 2 on POSIX, and pytest's capture replaces them
+     * (dup2) with new handle values at every test. */
+    if (list.count > 1)
+        qsort(list.items, list.count, sizeof *list.items, compare_handles);
+    for (size_t i = 0; i < list.count; i++)
+        if ((unique == 0 || list.items[unique - 1].handle != list.items[i].handle) &&
+            !is_standard_handle((HANDLE)(uintptr_t)list.items[i].handle))
+            list.items[unique++] = list.items[i];
+    if (unique > (size_t)INT_MAX) {
+        free(list.items);
+        return fail_errno(EOVERFLOW);
+    }
+
+    for (size_t i = 0; i < unique && i < (size_t)cap; i++) {
+        HANDLE h = (HANDLE)(uintptr_t)list.items[i].handle;
+        out[i].fd = list.items[i].handle;
+        out[i].flags = entry_flags(h);
+        fill_kind(h, &out[i]);
+    }
+    free(list.items);
+    return (int)unique;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Threads                                                                 */
+
+int nic_win_resume_thread(uint64_t thread)
+{
+    DWORD previous = ResumeThread((HANDLE)(uintptr_t)thread);
+    if (previous == (DWORD)-1)
+        return fail_win32(GetLastError());
+    return (int)previous; /* at most MAXIMUM_SUSPEND_COUNT */
 }
 
 /* ---------------------------------------------------------------------- */

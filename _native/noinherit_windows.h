@@ -28,6 +28,29 @@ typedef struct {
  * nic_snapshot(): returns the count, fills at most cap entries. */
 int nic_win_handles(unsigned long pid, nic_handle *out, int cap);
 
+/* The handle view of this process, as nic_entry (fd is the HANDLE value):
+ * the handle behind every CRT descriptor, and every handle of the table with
+ * OBJ_INHERIT, which no descriptor needs to name (sockets, raw handles),
+ * except the standard handles (descriptors 0-2, GetStdHandle).  One entry
+ * per handle, ascending; flags, dev, ino and mode as nic_snapshot()
+ * gives them for a descriptor.  Same count/cap contract as nic_snapshot();
+ * -1 with errno when the handle table cannot be read. */
+int nic_win_snapshot(nic_entry *out, int cap);
+
+/* nic_target() for a handle that no descriptor needs to name: the path of a
+ * disk file, ENOSYS for anything else (a handle that is not open included). */
+int nic_win_handle_target(uint64_t handle, char *buf, int size);
+
+/* nic_socket_info() for a SOCKET, which is a handle: ENOTSOCK for a handle
+ * that is no socket. */
+int nic_win_handle_socket_info(uint64_t handle, int *family, int *type, int *protocol,
+                               unsigned char *local, int *local_len,
+                               unsigned char *peer, int *peer_len);
+
+/* ResumeThread(thread): the previous suspend count (1 for a thread created
+ * with CREATE_SUSPENDED), or -1 with errno. */
+int nic_win_resume_thread(uint64_t thread);
+
 /* HANDLE_FLAG_INHERIT of any handle of this process: 1, 0 or -1. */
 int nic_win_get_handle_inheritable(uint64_t handle);
 int nic_win_set_handle_inheritable(uint64_t handle, int inheritable);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -105,11 +106,13 @@ class NoinheritControls:
         """Allow children of this test to receive these descriptors.
 
         Each target is a descriptor number or anything with ``fileno()`` (a
-        file, a socket); such an object allows that very open file only.
+        file, a socket); such an object allows that very open file only.  On
+        Windows numbers are handle values, as the reports show them, and an
+        object stands for the handle behind it.
         """
         fds, identities = [], {}
         for target in targets:
-            fd = target if isinstance(target, int) else _fileno(target)
+            fd = target if isinstance(target, int) else _table_number(target)
             fds.append(fd)
             if not isinstance(target, int):
                 entry = fdtable.snapshot().get(fd)
@@ -140,6 +143,16 @@ def _fileno(obj: Any) -> int:
     if not isinstance(fd, int):
         raise TypeError(f"{obj!r}.fileno() returned {fd!r}")
     return fd
+
+
+def _table_number(obj: Any) -> int:
+    """The number a snapshot lists obj under: its descriptor, or on Windows its handle."""
+    fd = _fileno(obj)
+    if fdtable.UNIT == "fd" or isinstance(obj, socket.socket):
+        return fd  # a Windows socket's fileno() already is its handle
+    import msvcrt
+
+    return int(getattr(msvcrt, "get_osfhandle")(fd))  # noqa: B009  # typeshed: win32 only
 
 
 @pytest.fixture

@@ -287,6 +287,153 @@ static void test_handle_table(void)
           errno);
 }
 
+/* ---------------------------------------------------------------------- */
+/* The handle view                                                         */
+
+static const nic_entry *find_value(const nic_entry *table, int n, uint64_t value)
+{
+    for (int i = 0; i < n && i < TABLE_CAP; i++)
+        if (table[i].fd == value)
+            return &table[i];
+    return NULL;
+}
+
+static nic_entry view[TABLE_CAP];
+
+/* Whether an open descriptor names h.  A descriptor whose handle was closed
+ * behind the CRT's back (test_sockets leaves such) names whatever new handle
+ * reuses the value, and the view then rightly lists it. */
+static int named_by_descriptor(HANDLE h)
+{
+    static nic_entry fds[TABLE_CAP];
+    int n = nic_snapshot(fds, TABLE_CAP, NIC_METHOD_AUTO);
+    for (int i = 0; i < n && i < TABLE_CAP; i++)
+        if (_get_osfhandle((int)fds[i].fd) == (intptr_t)h)
+            return 1;
+    return 0;
+}
+
+static void test_win_snapshot(void)
+{
+    SECURITY_ATTRIBUTES sa = {sizeof sa, NULL, TRUE};
+    wchar_t dir[MAX_PATH], path[MAX_PATH];
+    WSADATA data;
+    HANDLE ir, iw, nr, nw, event, file;
+    SOCKET sock, nsock;
+    const nic_entry *e, *f;
+    int n, n2, fd_file, strict = 1, covered = 1;
+
+    /* Raw handles that no descriptor names: only the inheritable count. */
+    check(CreatePipe(&ir, &iw, &sa, 0) != 0, "an inheritable pipe without descriptors");
+    check(CreatePipe(&nr, &nw, NULL, 0) != 0, "a non-inheritable pipe without descriptors");
+    event = CreateEventW(NULL, TRUE, FALSE, NULL);
+    WSAStartup(MAKEWORD(2, 2), &data); /* test_sockets, which starts it, runs later */
+    sock = WSASocketW(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_OVERLAPPED);
+    nsock = WSASocketW(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0,
+                       WSA_FLAG_OVERLAPPED | WSA_FLAG_NO_HANDLE_INHERIT);
+    check(event != NULL && sock != INVALID_SOCKET && nsock != INVALID_SOCKET,
+          "an event and two sockets without descriptors");
+    check(!named_by_descriptor(ir) && !named_by_descriptor(iw) && !named_by_descriptor(nr) &&
+              !named_by_descriptor(nw) && !named_by_descriptor(event) &&
+              !named_by_descriptor((HANDLE)sock) && !named_by_descriptor((HANDLE)nsock),
+          "no descriptor names any of them (runs before test_sockets leaves stale ones)");
+    /* A descriptor that no child gets: still in the view, marked CLOEXEC. */
+    GetTempPathW(MAX_PATH, dir);
+    GetTempFileNameW(dir, L"nic", 0, path);
+    fd_file = _wopen(path, _O_RDWR | _O_BINARY | _O_NOINHERIT);
+    file = fd_file >= 0 ? (HANDLE)_get_osfhandle(fd_file) : INVALID_HANDLE_VALUE;
+    check(fd_file >= 0 && os_inherit(file) == 0, "_wopen(_O_NOINHERIT) gives descriptor %d",
+          fd_file);
+
+    n = nic_win_snapshot(view, TABLE_CAP);
+    check(n > 0 && n <= TABLE_CAP, "nic_win_snapshot lists %d handles", n);
+    for (int i = 1; i < n && i < TABLE_CAP; i++)
+        strict &= view[i - 1].fd < view[i].fd;
+    check(n > 1 && strict, "it is ascending, each handle once");
+
+    e = find_value(view, n, hv(ir));
+    f = find_value(view, n, hv(iw));
+    check(e != NULL && f != NULL && e->flags == 0 && f->flags == 0,
+          "it holds both ends of the inheritable pipe, inheritable");
+    check(e != NULL && (e->mode & S_TYPE_MASK) == S_FIFO, "... as S_IFIFO (mode %llo)",
+          e ? (unsigned long long)e->mode : 0ULL);
+    check(find_value(view, n, hv(nr)) == NULL && find_value(view, n, hv(nw)) == NULL,
+          "it has no end of the non-inheritable pipe");
+    check(find_value(view, n, hv(event)) == NULL, "it has no non-inheritable event");
+
+    e = find_value(view, n, hv(file));
+    check(e != NULL && e->flags == NIC_FLAG_CLOEXEC && (e->mode & S_TYPE_MASK) == S_REG,
+          "it holds the _O_NOINHERIT file's handle as CLOEXEC S_IFREG");
+    n2 = nic_snapshot(entries, TABLE_CAP, NIC_METHOD_AUTO);
+    f = find_fd(n2, fd_file);
+    check(e != NULL && f != NULL && e->ino != 0 && e->dev == f->dev && e->ino == f->ino,
+          "... with the identity nic_snapshot gives its descriptor");
+    for (int i = 0; i < n2 && i < TABLE_CAP; i++) {
+        intptr_t h = _get_osfhandle((int)entries[i].fd);
+        if (entries[i].fd > 2 && h != -1 && h != -2 && find_value(view, n, (uint64_t)h) == NULL)
+            covered = 0;
+    }
+    check(covered, "it holds the handle of every descriptor >= 3 of nic_snapshot (%d)", n2);
+    {
+        int std_absent = 1;
+        for (int i = 0; i < 3; i++) {
+            intptr_t h = _get_osfhandle(i);
+            HANDLE s = GetStdHandle(i == 0 ? STD_INPUT_HANDLE
+                                           : i == 1 ? STD_OUTPUT_HANDLE : STD_ERROR_HANDLE);
+            if ((h != -1 && h != -2 && find_value(view, n, (uint64_t)h) != NULL) ||
+                (s != NULL && s != INVALID_HANDLE_VALUE &&
+                 find_value(view, n, (uint64_t)(uintptr_t)s) != NULL))
+                std_absent = 0;
+        }
+        check(std_absent, "it leaves out the standard handles");
+    }
+
+    e = find_value(view, n, (uint64_t)sock);
+    check(e != NULL && e->flags == 0 && (e->mode & S_TYPE_MASK) == S_SOCK,
+          "it holds the default WSASocketW as an inheritable S_IFSOCK");
+    check(find_value(view, n, (uint64_t)nsock) == NULL,
+          "it has no WSA_FLAG_NO_HANDLE_INHERIT socket");
+
+    /* The view follows the flag, not the kind of object. */
+    nic_win_set_handle_inheritable(hv(event), 1);
+    n2 = nic_win_snapshot(view, TABLE_CAP);
+    e = find_value(view, n2, hv(event));
+    check(n2 == n + 1 && e != NULL && e->flags == 0,
+          "an event made inheritable joins the view (%d -> %d)", n, n2);
+    nic_win_set_handle_inheritable(hv(event), 0);
+    n2 = nic_win_snapshot(view, TABLE_CAP);
+    check(n2 == n && find_value(view, n2, hv(event)) == NULL, "... and leaves it again (%d)",
+          n2);
+
+    /* The nic_snapshot contract: the count whatever the buffer. */
+    check(nic_win_snapshot(NULL, 0) == n, "nic_win_snapshot(NULL, 0) counts (%d)", n);
+    {
+        static nic_entry one[2];
+        memset(one, 0xAB, sizeof one);
+        n2 = nic_win_snapshot(one, 1);
+        check(n2 == n && memcmp(&one[0], &view[0], sizeof one[0]) == 0,
+              "nic_win_snapshot(cap 1) fills the first entry and returns the count (%d)", n2);
+        check(one[1].fd == 0xABABABABABABABABULL, "... and writes nothing past it");
+    }
+    errno = 0;
+    check(nic_win_snapshot(NULL, 3) == -1 && errno == EINVAL,
+          "nic_win_snapshot(NULL, 3) is EINVAL");
+    errno = 0;
+    check(nic_win_snapshot(view, -1) == -1 && errno == EINVAL,
+          "nic_win_snapshot(cap -1) is EINVAL");
+
+    _close(fd_file);
+    DeleteFileW(path);
+    closesocket(sock);
+    closesocket(nsock);
+    WSACleanup();
+    CloseHandle(event);
+    CloseHandle(ir);
+    CloseHandle(iw);
+    CloseHandle(nr);
+    CloseHandle(nw);
+}
+
 static void test_file_and_target(void)
 {
     wchar_t dir[MAX_PATH], path[MAX_PATH];
@@ -453,6 +600,132 @@ static void test_sockets(void)
     closesocket(noinh);
 }
 
+/* ---------------------------------------------------------------------- */
+/* The raw-handle variants                                                 */
+
+static void test_handle_target(void)
+{
+    wchar_t dir[MAX_PATH], path[MAX_PATH];
+    char by_fd[1024], by_handle[1024], tiny[4];
+    HANDLE r, w;
+    int fd, a, b;
+
+    GetTempPathW(MAX_PATH, dir);
+    GetTempFileNameW(dir, L"nic", 0, path);
+    fd = _wopen(path, _O_RDWR | _O_BINARY);
+    a = nic_target(fd, by_fd, (int)sizeof by_fd);
+    b = nic_win_handle_target((uint64_t)_get_osfhandle(fd), by_handle, (int)sizeof by_handle);
+    check(a > 0 && b == a && strcmp(by_fd, by_handle) == 0,
+          "nic_win_handle_target(file handle) is nic_target of its descriptor (%s)",
+          b > 0 ? by_handle : "-");
+    check(nic_win_handle_target((uint64_t)_get_osfhandle(fd), tiny, (int)sizeof tiny) == 3 &&
+              tiny[3] == '\0',
+          "nic_win_handle_target truncates to the buffer");
+
+    CreatePipe(&r, &w, NULL, 0);
+    errno = 0;
+    check(nic_win_handle_target(hv(r), by_handle, (int)sizeof by_handle) == -1 && errno == ENOSYS,
+          "nic_win_handle_target(pipe) is ENOSYS");
+    /* Like nic_target for a descriptor whose handle was closed behind the
+     * CRT's back: unknowable rather than an error. */
+    errno = 0;
+    b = nic_win_handle_target(0x7ffffff0u, by_handle, (int)sizeof by_handle);
+    check(b == -1 && errno == ENOSYS, "nic_win_handle_target(bogus) is ENOSYS (errno %d)", errno);
+    errno = 0;
+    check(nic_win_handle_target(hv(r), NULL, 10) == -1 && errno == EINVAL,
+          "nic_win_handle_target(NULL buf) is EINVAL");
+    errno = 0;
+    check(nic_target(7777, NULL, 10) == -1 && errno == EINVAL,
+          "nic_target(closed, NULL buf) is still EINVAL first");
+
+    CloseHandle(r);
+    CloseHandle(w);
+    _close(fd);
+    DeleteFileW(path);
+}
+
+static void test_handle_socket_info(void)
+{
+    SOCKET s;
+    HANDLE r, w;
+    struct sockaddr_in addr;
+    unsigned char local[128], peer[128];
+    int addrlen = (int)sizeof addr, family = -1, type = -1, protocol = -1, local_len, peer_len;
+
+    s = WSASocketW(AF_INET, SOCK_STREAM, IPPROTO_TCP, NULL, 0, WSA_FLAG_NO_HANDLE_INHERIT);
+    memset(&addr, 0, sizeof addr);
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    check(s != INVALID_SOCKET && bind(s, (struct sockaddr *)&addr, (int)sizeof addr) == 0 &&
+              getsockname(s, (struct sockaddr *)&addr, &addrlen) == 0 && addr.sin_port != 0,
+          "a TCP socket without descriptor bound to 127.0.0.1 (port %u)",
+          (unsigned)ntohs(addr.sin_port));
+
+    local_len = (int)sizeof local;
+    peer_len = (int)sizeof peer;
+    check(nic_win_handle_socket_info((uint64_t)s, &family, &type, &protocol, local, &local_len,
+                                     peer, &peer_len) == 0,
+          "nic_win_handle_socket_info(bound socket)");
+    check(family == AF_INET && type == SOCK_STREAM && protocol == IPPROTO_TCP,
+          "... AF_INET, SOCK_STREAM, IPPROTO_TCP (%d, %d, %d)", family, type, protocol);
+    check(local_len == (int)sizeof(struct sockaddr_in) &&
+              ((struct sockaddr_in *)local)->sin_port == addr.sin_port && peer_len == 0,
+          "... the bound port, and no peer");
+
+    CreatePipe(&r, &w, NULL, 0);
+    local_len = (int)sizeof local;
+    peer_len = (int)sizeof peer;
+    errno = 0;
+    check(nic_win_handle_socket_info(hv(r), &family, &type, &protocol, local, &local_len, peer,
+                                     &peer_len) == -1 &&
+              errno == ENOTSOCK,
+          "nic_win_handle_socket_info(pipe) is ENOTSOCK");
+
+    CloseHandle(r);
+    CloseHandle(w);
+    closesocket(s);
+}
+
+static DWORD WINAPI mark_ran(LPVOID param)
+{
+    InterlockedExchange((volatile LONG *)param, 1);
+    return 0;
+}
+
+static void test_resume_thread(void)
+{
+    static volatile LONG ran;
+    HANDLE t;
+    int prev;
+
+    ran = 0;
+    t = CreateThread(NULL, 0, mark_ran, (LPVOID)&ran, CREATE_SUSPENDED, NULL);
+    check(t != NULL, "CreateThread(CREATE_SUSPENDED)");
+    Sleep(50);
+    check(ran == 0, "... the thread has not run");
+    prev = nic_win_resume_thread(hv(t));
+    check(prev == 1, "nic_win_resume_thread gives the previous suspend count 1 (%d)", prev);
+    check(WaitForSingleObject(t, 10000) == WAIT_OBJECT_0 && ran == 1, "... and the thread ran");
+    CloseHandle(t);
+
+    /* Suspended twice: resuming counts down, the thread runs at zero. */
+    ran = 0;
+    t = CreateThread(NULL, 0, mark_ran, (LPVOID)&ran, CREATE_SUSPENDED, NULL);
+    SuspendThread(t);
+    prev = nic_win_resume_thread(hv(t));
+    Sleep(50);
+    check(prev == 2 && ran == 0, "a thread suspended twice: 2, and it still waits (%d)", prev);
+    prev = nic_win_resume_thread(hv(t));
+    check(prev == 1 && WaitForSingleObject(t, 10000) == WAIT_OBJECT_0 && ran == 1,
+          "... then 1, and it runs (%d)", prev);
+    CloseHandle(t);
+
+    errno = 0;
+    prev = nic_win_resume_thread(0x7ffffff0u);
+    check(prev == -1 && errno == EBADF, "nic_win_resume_thread(bogus) is EBADF (%d, errno %d)",
+          prev, errno);
+}
+
 static void test_children(void)
 {
     SECURITY_ATTRIBUTES sa = {sizeof sa, NULL, TRUE};
@@ -528,9 +801,13 @@ int main(void)
     test_inheritable();
     note_handle_query();
     test_handle_table();
+    test_win_snapshot();
     test_file_and_target();
     test_seal();
     test_sockets();
+    test_handle_target();
+    test_handle_socket_info();
+    test_resume_thread();
     test_children();
     printf("%d passed, %d failed\n", passed, failed);
     fflush(stdout);
