@@ -125,6 +125,10 @@ class WindowsSpawnTracker(SpawnTracker):
                     CREATE_PROCESS_HINT,
                 )
                 rules = windows.create_process_inherits(args[4], args[8], hint or POPEN_HINT)
+                if rules.handle_list is not None:
+                    # The child gets exactly the listed handles, all declared:
+                    # Popen's usual call (pipes with close_fds=True).
+                    return original(*args)
                 table = fdtable.snapshot()
                 flags = int(args[5] or 0)
                 ours = not flags & windows.CREATE_SUSPENDED

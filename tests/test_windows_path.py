@@ -202,6 +202,9 @@ def test_handle_list_declares_what_it_names(
     (spawn,) = tracker.drain()  # the first child received only what it listed
     assert [d.fd for d in spawn.received] == [w]
     assert spawn.pid == winapi.children[1].pid
+    # A child restricted to its list is not even suspended: nothing to judge.
+    assert not winapi.calls[0][5] & windows.CREATE_SUSPENDED
+    assert winapi.calls[1][5] & windows.CREATE_SUSPENDED
 
 
 def test_unreadable_child_falls_back_to_the_prediction(
@@ -346,3 +349,21 @@ def test_install_wraps_and_uninstall_restores(tmp_path: Any) -> None:
     tracker.uninstall()
     assert subprocess.Popen._execute_child is original_popen  # type: ignore[attr-defined]
     assert fake.CreateProcess(1, 2) == (1, 2)
+
+
+def test_create_process_rules_read_the_startupinfo() -> None:
+    both = windows.create_process_inherits(True, StartupInfo(handle_list=[8, 4], std=(12, 16, 20)))
+    assert both.handle_list == (8, 4)
+    assert both.declared == (4, 8, 12, 16, 20)
+    assert windows.create_process_inherits(True, StartupInfo(handle_list=[])).handle_list is None
+    no_std = StartupInfo()
+    no_std.hStdInput = 12  # ignored without STARTF_USESTDHANDLES
+    assert windows.create_process_inherits(True, no_std).declared == ()
+    none = windows.create_process_inherits(False, None, "h")
+    assert (none.inherit_handles, none.handle_list, none.declared, none.hint) == (
+        False,
+        None,
+        (),
+        "h",
+    )
+    assert none.child_handles({4, 8}) == set()
