@@ -34,7 +34,12 @@ from pytest_noinherit.winspawns import (
 )
 
 BASELINE = fdtable.snapshot()  # at import, before any test opened anything
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc")
+pytestmark = [
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs /proc"),
+    # The stand-in children receive leaky pipes on purpose: the plugin running
+    # on this suite (tox -e self) must let them through.
+    pytest.mark.allow_inherit(kind="pipe"),
+]
 
 
 class StartupInfo:
