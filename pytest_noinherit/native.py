@@ -13,6 +13,7 @@ import array
 import errno
 import operator
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, SupportsIndex
@@ -203,50 +204,47 @@ def platform() -> str:
 
 # -- Windows: the handle table (_native/noinherit_windows.h) --------------------
 #
-# Handles are pointer-sized values, passed to C as uint64_t; each function
-# exists only in a Windows build of the core.
+# Handles are pointer-sized values, passed to C as uint64_t.  These functions
+# exist only on Windows, as their C counterparts do.
 
+if sys.platform == "win32":
 
-def handle_snapshot() -> array.array[int]:
-    """This process's handle view, five ``Q`` words per handle like :func:`snapshot`.
+    def handle_snapshot() -> array.array[int]:
+        """This process's handle view, five ``Q`` words per handle like :func:`snapshot`.
 
-    The handle behind every CRT descriptor and every handle with the inherit
-    flag, ascending; the first word of an entry is the handle value.
-    """
-    return _read(lib.nic_win_snapshot)
+        The handle behind every CRT descriptor and every handle with the inherit
+        flag, ascending; the first word of an entry is the handle value.
+        """
+        return _read(lib.nic_win_snapshot)
 
+    def process_handles(pid: int = 0) -> list[tuple[int, int]]:
+        """``(handle, attributes)`` of every handle of process ``pid`` (0: this one), ascending."""
+        cap = 256
+        while True:
+            buf = ffi.new("nic_handle[]", cap)
+            n = lib.nic_win_handles(pid, buf, cap)
+            if n < 0:
+                _raise_errno()
+            if n <= cap:
+                return [(int(buf[i].handle), int(buf[i].attributes)) for i in range(n)]
+            cap = n + n // 2
 
-def process_handles(pid: int = 0) -> list[tuple[int, int]]:
-    """``(handle, attributes)`` of every handle of process ``pid`` (0: this one), ascending."""
-    cap = 256
-    while True:
-        buf = ffi.new("nic_handle[]", cap)
-        n = lib.nic_win_handles(pid, buf, cap)
+    def handle_target(handle: int) -> str | None:
+        """The path of a disk file handle; None for pipes, sockets and devices."""
+        buf = ffi.new("char[]", _TARGET_SIZE)
+        n = lib.nic_win_handle_target(handle, buf, _TARGET_SIZE)
         if n < 0:
+            if ffi.errno == errno.ENOSYS:
+                return None
             _raise_errno()
-        if n <= cap:
-            return [(int(buf[i].handle), int(buf[i].attributes)) for i in range(n)]
-        cap = n + n // 2
+        path: bytes = ffi.buffer(buf, n)[:]
+        return path.decode("utf-8", "replace")
 
+    def handle_socket_info(handle: int) -> tuple[int, int, int, bytes, bytes] | None:
+        """:func:`socket_info` for a socket handle (a ``SOCKET`` value)."""
+        return _socket_info(lambda *out: lib.nic_win_handle_socket_info(handle, *out))
 
-def handle_target(handle: int) -> str | None:
-    """The path of a disk file handle; None for pipes, sockets and devices."""
-    buf = ffi.new("char[]", _TARGET_SIZE)
-    n = lib.nic_win_handle_target(handle, buf, _TARGET_SIZE)
-    if n < 0:
-        if ffi.errno == errno.ENOSYS:
-            return None
-        _raise_errno()
-    path: bytes = ffi.buffer(buf, n)[:]
-    return path.decode("utf-8", "replace")
-
-
-def handle_socket_info(handle: int) -> tuple[int, int, int, bytes, bytes] | None:
-    """:func:`socket_info` for a socket handle (a ``SOCKET`` value)."""
-    return _socket_info(lambda *out: lib.nic_win_handle_socket_info(handle, *out))
-
-
-def resume_thread(thread: int) -> None:
-    """Resume a thread created suspended (``ResumeThread``)."""
-    if lib.nic_win_resume_thread(thread) < 0:
-        _raise_errno()
+    def resume_thread(thread: int) -> None:
+        """Resume a thread created suspended (``ResumeThread``)."""
+        if lib.nic_win_resume_thread(thread) < 0:
+            _raise_errno()

@@ -48,18 +48,19 @@ class WindowsApi(Protocol):
         """``TerminateProcess(process, 1)``."""
 
 
-class NativeWindowsApi:
-    """:class:`WindowsApi` on the native core and ``_winapi``."""
+class NativeWindowsApi:  # pragma: windows only
+    """:class:`WindowsApi` on the native core and ``_winapi``: Windows only."""
+
+    def __init__(self) -> None:
+        from pytest_noinherit import native
+
+        self._native: Any = native
 
     def child_handles(self, pid: int) -> set[int]:
-        from pytest_noinherit import native
-
-        return {handle for handle, _attributes in native.process_handles(pid)}
+        return {handle for handle, _attributes in self._native.process_handles(pid)}
 
     def resume_thread(self, thread: int) -> None:
-        from pytest_noinherit import native
-
-        native.resume_thread(thread)
+        self._native.resume_thread(thread)
 
     def terminate(self, process: int) -> None:
         import _winapi
