@@ -919,12 +919,20 @@ int nic_win_handles(unsigned long pid, nic_handle *out, int cap)
 /* The handle view: what a child started with bInheritHandles=TRUE gets,
  * plus what the CRT descriptors name                                      */
 
-/* Behind descriptor 0, 1 or 2, or a process standard handle. */
-static int is_standard_handle(HANDLE h)
+/* The standard handles: behind descriptors 0, 1 and 2, and GetStdHandle's. */
+static void standard_handles(HANDLE std[6])
 {
     static const DWORD std_ids[] = {STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE};
-    for (int i = 0; i < 3; i++)
-        if (h == crt_handle(i) || h == GetStdHandle(std_ids[i]))
+    for (int i = 0; i < 3; i++) {
+        std[i] = crt_handle(i);
+        std[3 + i] = GetStdHandle(std_ids[i]);
+    }
+}
+
+static int is_standard_handle(HANDLE h, const HANDLE std[6])
+{
+    for (int i = 0; i < 6; i++)
+        if (h == std[i])
             return 1;
     return 0;
 }
@@ -935,9 +943,11 @@ int nic_win_snapshot(nic_entry *out, int cap)
     size_t kept = 0, unique = 0;
     LONG status;
     int limit = fd_limit();
+    HANDLE std[6];
 
     if (cap < 0 || (cap > 0 && out == NULL))
         return fail_errno(EINVAL);
+    standard_handles(std);
     /* Winsock first: whatever WSAStartup keeps open is then in every
      * snapshot, the first one included, not only from the second on. */
     InitOnceExecuteOnce(&winsock_once, start_winsock, NULL, NULL);
@@ -972,7 +982,7 @@ int nic_win_snapshot(nic_entry *out, int cap)
         qsort(list.items, list.count, sizeof *list.items, compare_handles);
     for (size_t i = 0; i < list.count; i++)
         if ((unique == 0 || list.items[unique - 1].handle != list.items[i].handle) &&
-            !is_standard_handle((HANDLE)(uintptr_t)list.items[i].handle))
+            !is_standard_handle((HANDLE)(uintptr_t)list.items[i].handle, std))
             list.items[unique++] = list.items[i];
     if (unique > (size_t)INT_MAX) {
         free(list.items);

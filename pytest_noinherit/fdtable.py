@@ -316,20 +316,7 @@ def describe(fd: int) -> FdDetails:
     info = impl.socket_info(fd) if kind == "socket" else None
     if info is None:
         return FdDetails(fd, kind, target, deleted)
-    family, socktype, _proto, local, peer = info
-    if isinstance(local, (bytes, bytearray)) and impl.__name__.endswith(".native"):
-        local = _decode_sockaddr(family, bytes(local))
-        peer = _decode_sockaddr(family, bytes(peer)) if peer else None
-    return FdDetails(
-        fd,
-        kind,
-        target,
-        deleted,
-        _enum_name(socket.AddressFamily, family, "AF_"),
-        _enum_name(socket.SocketKind, socktype, "SOCK_"),
-        _format_address(local),
-        _format_address(peer) if peer else None,
-    )
+    return _socket_details(FdDetails(fd, kind, target, deleted), info, impl)
 
 
 def describe_entry(entry: FdEntry) -> FdDetails:
@@ -341,16 +328,20 @@ def describe_entry(entry: FdEntry) -> FdDetails:
     if info is None:
         target = impl.handle_target(entry.fd)
         return FdDetails(entry.fd, entry.kind, target or f"{entry.kind} handle {entry.fd:#x}")
+    return _socket_details(FdDetails(entry.fd, "socket", None), info, impl)
+
+
+def _socket_details(base: FdDetails, info: tuple[Any, ...], impl: ModuleType) -> FdDetails:
+    """base with the family, type and addresses of a backend's socket_info answer."""
     family, socktype, _proto, local, peer = info
-    return FdDetails(
-        entry.fd,
-        "socket",
-        None,
-        False,
-        _enum_name(socket.AddressFamily, family, "AF_"),
-        _enum_name(socket.SocketKind, socktype, "SOCK_"),
-        _format_address(_decode_sockaddr(family, bytes(local))),
-        _format_address(_decode_sockaddr(family, bytes(peer))) if peer else None,
+    if isinstance(local, (bytes, bytearray)) and impl.__name__.endswith(".native"):
+        local = _decode_sockaddr(family, bytes(local))
+        peer = _decode_sockaddr(family, bytes(peer)) if peer else None
+    return base._replace(
+        family=_enum_name(socket.AddressFamily, family, "AF_"),
+        socktype=_enum_name(socket.SocketKind, socktype, "SOCK_"),
+        local=_format_address(local),
+        peer=_format_address(peer) if peer else None,
     )
 
 

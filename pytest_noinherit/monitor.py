@@ -75,7 +75,7 @@ class Monitor:
         self.nodeid: str | None = None  # the test in progress, for creation records
         self.unpatch = self._start_patch(str(config.rootpath))
         self.patch_status = "on" if self.unpatch else "off"
-        if settings.patch and sys.platform == "win32":
+        if settings.patch and not self.unpatch:
             self.patch_status = "unavailable: the patched creators are the POSIX ones"
         self.summary = findings.Summary()
         # Descriptors already reported: a leak is blamed on one test, never on the next.

@@ -109,17 +109,21 @@ def snapshot_since(previous: array.array[int]) -> array.array[int]:
     return _read(lambda buf, cap: lib.nic_snapshot_since(buf, cap, prev, nprev))
 
 
-def _read(call: Callable[[Any, int], int]) -> array.array[int]:
-    """Run a snapshot call, growing the buffer until the table fits."""
-    cap = max(64, _sizing.last_count * 2)
+def _fill(ctype: str, cap: int, call: Callable[[Any, int], int]) -> tuple[Any, int]:
+    """Run a table call (count/cap contract), growing the buffer until the table fits."""
     while True:
-        buf = _new_uncleared("nic_entry[]", cap)
+        buf = _new_uncleared(ctype, cap)
         n = call(buf, cap)
         if n < 0:
             _raise_errno()
         if n <= cap:
-            break
+            return buf, n
         cap = n + n // 2  # the table grew; retry with room to spare
+
+
+def _read(call: Callable[[Any, int], int]) -> array.array[int]:
+    """Run a snapshot call into a flat array of entries."""
+    buf, n = _fill("nic_entry[]", max(64, _sizing.last_count * 2), call)
     _sizing.last_count = n
     table: array.array[int] = array.array("Q")
     table.frombytes(ffi.buffer(buf, n * _ENTRY_BYTES))
@@ -219,15 +223,8 @@ if sys.platform == "win32":
 
     def process_handles(pid: int = 0) -> list[tuple[int, int]]:
         """``(handle, attributes)`` of every handle of process ``pid`` (0: this one), ascending."""
-        cap = 256
-        while True:
-            buf = ffi.new("nic_handle[]", cap)
-            n = lib.nic_win_handles(pid, buf, cap)
-            if n < 0:
-                _raise_errno()
-            if n <= cap:
-                return [(int(buf[i].handle), int(buf[i].attributes)) for i in range(n)]
-            cap = n + n // 2
+        buf, n = _fill("nic_handle[]", 256, lambda out, cap: lib.nic_win_handles(pid, out, cap))
+        return [(int(buf[i].handle), int(buf[i].attributes)) for i in range(n)]
 
     def handle_target(handle: int) -> str | None:
         """The path of a disk file handle; None for pipes, sockets and devices."""

@@ -125,7 +125,7 @@ class WindowsSpawnTracker(SpawnTracker):
                     "_winapi.CreateProcess",
                     CREATE_PROCESS_HINT,
                 )
-                rules = windows.create_process_inherits(args[4], args[8], hint or POPEN_HINT)
+                rules = windows.create_process_inherits(args[4], args[8], hint)
                 if rules.handle_list is not None:
                     # The child gets exactly the listed handles, all declared:
                     # Popen's usual call (pipes with close_fds=True).
