@@ -35,7 +35,7 @@ PROBE_FLAGS = shlex.split(
 # error into the program's stderr, so every directory an ABI may look in
 # gets an object: the real probe for the 64-bit ABI, a do-nothing stub
 # (probe.c compiled with -m32) for i386.  "$LIB" itself is for musl, which
-# does not expand the token.  Measured: design notes "platform facts" §3b, pitfall 4.
+# does not expand the token.
 PROBE_ABIS: dict[str, list[tuple[list[str], list[str]]]] = {
     "x86_64": [
         ([], ["lib/x86_64-linux-gnu", "lib64", "lib", "$LIB"]),

@@ -340,23 +340,36 @@ int nic_socket_info(int fd, int *family, int *type, int *protocol,
 {
     struct sockaddr_storage ss;
     socklen_t sslen;
-    int value;
+    int value, named = 0;
     socklen_t vlen = sizeof value;
 
-    /* SO_TYPE exists everywhere; ENOTSOCK (or EBADF) answers "no socket". */
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &vlen) != 0)
-        return -1;
+    /* SO_TYPE exists everywhere: ENOTSOCK answers "no socket", EBADF "not
+     * open".  Any other refusal (a security module denying getsockopt)
+     * still leaves an open socket to describe, of unknown type (-1). */
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &vlen) != 0) {
+        if (errno == ENOTSOCK || errno == EBADF)
+            return -1;
+        value = -1;
+    }
     if (type != NULL)
         *type = value;
 
+    /* Past this point only EBADF is an error: a family without addresses
+     * (getsockname is EOPNOTSUPP for AF_XDP, getpeername for AF_PACKET)
+     * or a refusal means "no address", never "no description". */
     memset(&ss, 0, sizeof ss);
     sslen = sizeof ss;
-    if (getsockname(fd, (struct sockaddr *)&ss, &sslen) != 0)
+    if (getsockname(fd, (struct sockaddr *)&ss, &sslen) == 0) {
+        named = 1;
+        copy_address(local, local_len, &ss, sslen);
+    } else if (errno == EBADF) {
         return -1;
-    copy_address(local, local_len, &ss, sslen);
+    } else if (local_len != NULL) {
+        *local_len = 0;
+    }
 
     if (family != NULL) {
-        *family = ss.ss_family;
+        *family = named ? ss.ss_family : -1; /* -1: unknown */
 #ifdef SO_DOMAIN
         vlen = sizeof value;
         if (getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &value, &vlen) == 0)
@@ -376,11 +389,10 @@ int nic_socket_info(int fd, int *family, int *type, int *protocol,
     sslen = sizeof ss;
     if (getpeername(fd, (struct sockaddr *)&ss, &sslen) == 0) {
         copy_address(peer, peer_len, &ss, sslen);
-    } else if (errno == ENOTCONN) {
-        if (peer_len != NULL)
-            *peer_len = 0; /* listening, unconnected or datagram */
-    } else {
+    } else if (errno == EBADF) {
         return -1;
+    } else if (peer_len != NULL) {
+        *peer_len = 0; /* listening, unconnected, datagram, or no peers at all */
     }
     return 0;
 }

@@ -420,12 +420,16 @@ int nic_target(int fd, char *buf, int size)
         return -1;
     }
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
-    len = readlink(path, buf, (size_t)size - 1); /* truncates silently */
+    /* readlink truncates silently: a result of size - 1 bytes tells the
+     * caller to retry with more room (noinherit.h). */
+    len = readlink(path, buf, (size_t)size - 1);
     if (len < 0) {
         int err = errno;
         if (fcntl(fd, F_GETFD) < 0)
             return -1; /* EBADF: the descriptor is not open */
-        /* Open, yet no link: /proc is not mounted. */
+        /* Open, yet no link: /proc is not mounted.  ENAMETOOLONG: the path
+         * does not fit the PATH_MAX page d_path() writes it into
+         * (fs/proc/base.c, do_proc_readlink), whatever buffer we offer. */
         errno = err == ENOENT ? ENOSYS : err;
         return -1;
     }

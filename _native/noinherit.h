@@ -53,12 +53,19 @@ int nic_seal(int low, const int *keep, int nkeep);
 int nic_seal_loop(int low, const int *keep, int nkeep);
 
 /* What the descriptor refers to (readlink of /proc/self/fd/N on Linux,
- * F_GETPATH on macOS), NUL-terminated in buf.  Returns its length. */
+ * F_GETPATH on macOS), NUL-terminated in buf.  Returns its length; a
+ * length of size - 1 may be a truncated answer, so the caller retries with
+ * a larger buffer.  -1 with EBADF when fd is not open, ENOSYS where the
+ * platform cannot tell, or the system's own error (ENAMETOOLONG: Linux
+ * refuses paths of PATH_MAX bytes or more). */
 int nic_target(int fd, char *buf, int size);
 
 /* Socket family, type and protocol, and the raw local and peer addresses
  * (sockaddr bytes; *len is the buffer size in, the address size out, 0 when
- * there is none).  -1 with ENOTSOCK for a descriptor that is no socket. */
+ * there is none).  -1 with ENOTSOCK for a descriptor that is no socket and
+ * EBADF for one that is not open; any other failure of getsockopt,
+ * getsockname or getpeername only leaves that part unknown (family or type
+ * -1, protocol 0, address length 0). */
 int nic_socket_info(int fd, int *family, int *type, int *protocol,
                     unsigned char *local, int *local_len,
                     unsigned char *peer, int *peer_len);

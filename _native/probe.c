@@ -22,8 +22,10 @@
  *     that cannot work.
  *
  * With NOINHERIT_PROBE_DIR=<absolute dir> in the environment it writes
- * <dir>/<pid>-<monotonic ns>.rec, created as .tmp and renamed so that a
- * reader never sees half a record:
+ * <dir>/<pid>-<monotonic ns>.rec, created as .tmp (O_CREAT|O_EXCL|O_NOFOLLOW,
+ * mode 0600) and renamed so that a reader never sees half a record.  The
+ * record is streamed to the file in chunks, so it holds the whole table
+ * whatever its size:
  *
  *   noinherit-probe 1
  *   pid <pid>
@@ -33,13 +35,20 @@
  *   argv <escaped arg0> <escaped arg1> ...
  *   fd <fd> <F_GETFD> <F_GETFL> <st_dev> <st_ino> <st_mode> <escaped target>
  *   ...
- *   truncated            (only when the fd lines did not fit in 256 KiB)
+ *   truncated            (only when the table is incomplete: see below)
  *   end
  *
  * Fields are separated by single spaces, so an empty argument is an empty
  * field.  Escaping: every byte outside 0x21..0x7e, and the backslash, is
  * written as \xHH.  A failed fcntl() is its negative errno, a failed
  * fstat() is "-1 -1 -1", an unreadable link an empty target.
+ *
+ * "truncated" means some descriptors are missing: /proc/self/fd could not
+ * be read to the end, the next line would have passed RLIMIT_FSIZE (a write
+ * past it raises SIGXFSZ, which would kill the program before main), or a
+ * write failed (the file is cut back to its last whole line first).  A
+ * record that cannot even say that is still renamed into place, so the
+ * reader sees something broken rather than nothing.
  */
 #include "probe_syscalls.h"
 
@@ -79,8 +88,13 @@ NIP_HIDDEN void *memset(void *dst, int c, nip_size n)
 #define NIP_ENV_PREFIX_LEN (sizeof(NIP_ENV_PREFIX) - 1)
 #define NIP_PATH_CAP 4096
 #define NIP_CMDLINE_CAP 16384
-#define NIP_RECORD_CAP 262144
-/* Room kept for "truncated\nend\n" while fd lines are added. */
+/* The record is built here and written out whenever it fills up. */
+#define NIP_BUF_CAP 65536
+/* The longest fd line: six numbers and a target of NIP_PATH_CAP bytes, each
+ * escaped to four.  A line is always built whole in the buffer, so that one
+ * that does not fit under RLIMIT_FSIZE can be taken back. */
+#define NIP_LINE_MAX (128 + 4 * NIP_PATH_CAP)
+/* Room kept under RLIMIT_FSIZE for "truncated\nend\n". */
 #define NIP_RECORD_TAIL 32
 
 /* Static rather than on the stack: the constructor runs on whatever stack
@@ -90,10 +104,13 @@ static char nip_dir[NIP_PATH_CAP];
 static char nip_link[NIP_PATH_CAP];
 static char nip_tmp_path[NIP_PATH_CAP + 64];
 static char nip_rec_path[NIP_PATH_CAP + 64];
-static char nip_rec[NIP_RECORD_CAP];
-static nip_size nip_pos;   /* bytes used in nip_rec */
-static nip_size nip_limit; /* nip_pos may not pass this */
-static int nip_full;       /* an append did not fit */
+static char nip_rec[NIP_BUF_CAP];
+static long nip_out = -1;   /* the .tmp file */
+static nip_size nip_pos;    /* bytes waiting in nip_rec */
+static nip_u64 nip_written; /* bytes already in the file */
+static nip_u64 nip_whole;   /* file offset just after its last whole line */
+static nip_u64 nip_limit;   /* the file may not grow past this (RLIMIT_FSIZE) */
+static int nip_failed;      /* a write failed or would have passed nip_limit */
 
 static long nip_close(long fd)
 {
@@ -158,14 +175,47 @@ static nip_size nip_find_dir(void)
     return len;
 }
 
-/* --- building the record in nip_rec ------------------------------------ */
+/* --- streaming the record through nip_rec ------------------------------ */
+
+/* Writes out the buffer.  On failure nip_failed is set and nip_whole still
+ * says how much of the file is whole lines. */
+static void nip_flush(void)
+{
+    nip_size done = 0, i;
+    long n;
+
+    if (nip_failed || nip_pos == 0)
+        return;
+    if (nip_written + nip_pos > nip_limit) {
+        nip_failed = 1;
+        return;
+    }
+    while (done < nip_pos) {
+        n = nip_sys3(NIP_SYS_write, nip_out, nip_rec + done, nip_pos - done);
+        if (n == -NIP_EINTR)
+            continue;
+        if (n <= 0) {
+            nip_failed = 1;
+            break;
+        }
+        done += (nip_size)n;
+    }
+    for (i = done; i > 0; i--) {
+        if (nip_rec[i - 1] == '\n') {
+            nip_whole = nip_written + i;
+            break;
+        }
+    }
+    nip_written += done;
+    nip_pos = 0;
+}
 
 static void nip_put(const char *s, nip_size n)
 {
-    if (nip_full || n > nip_limit - nip_pos) {
-        nip_full = 1;
+    if (n > sizeof nip_rec - nip_pos)
+        nip_flush();
+    if (nip_failed)
         return;
-    }
     memcpy(nip_rec + nip_pos, s, n);
     nip_pos += n;
 }
@@ -295,29 +345,30 @@ static void nip_put_fd(long fd, long dirfd, const char *name)
 }
 
 /* The fd lines, from a getdents64 walk of /proc/self/fd (the descriptor
- * used for the walk itself is left out by number).  Returns 0, or -1 when
- * the table could not be read completely. */
+ * used for the walk and the record file itself are left out by number:
+ * both were free numbers when the program started).  Returns 1 when the
+ * table is complete, 0 when some lines are missing. */
 static int nip_put_fds(void)
 {
     long dirfd, n, off;
     unsigned short reclen;
-    int truncated = 0, failed = 0;
+    int complete = 1, stop = 0;
 
     dirfd = nip_sys4(NIP_SYS_openat, NIP_AT_FDCWD, "/proc/self/fd",
                      NIP_O_RDONLY | NIP_O_DIRECTORY | NIP_O_CLOEXEC, 0);
     if (dirfd < 0)
-        return -1;
-    while (!truncated) {
+        return 0;
+    while (!stop) {
         n = nip_sys3(NIP_SYS_getdents64, dirfd, nip_io, sizeof nip_io);
         if (n == -NIP_EINTR)
             continue;
         if (n < 0)
-            failed = 1;
+            complete = 0;
         if (n <= 0)
             break;
         /* struct linux_dirent64: u64 d_ino, s64 d_off, u16 d_reclen,
          * u8 d_type, char d_name[]; records are 8-byte aligned. */
-        for (off = 0; off < n && !truncated; off += reclen) {
+        for (off = 0; off < n && !stop; off += reclen) {
             const char *name = nip_io + off + 19;
             const char *p = name;
             long fd = 0;
@@ -327,24 +378,25 @@ static int nip_put_fds(void)
                 continue; /* "." and ".." */
             for (; *p >= '0' && *p <= '9'; p++)
                 fd = fd * 10 + (*p - '0');
-            if (*p != '\0' || fd == dirfd)
+            if (*p != '\0' || fd == dirfd || fd == nip_out)
                 continue;
+            if (sizeof nip_rec - nip_pos < NIP_LINE_MAX)
+                nip_flush();
+            if (nip_failed)
+                break;
             line = nip_pos;
             nip_put_fd(fd, dirfd, name);
-            if (nip_full) {
-                nip_pos = line;
-                nip_full = 0;
-                truncated = 1;
+            if (nip_written + nip_pos + NIP_RECORD_TAIL > nip_limit) {
+                nip_pos = line; /* past RLIMIT_FSIZE: take the line back */
+                complete = 0;
+                stop = 1;
             }
         }
+        if (nip_failed)
+            stop = 1;
     }
     nip_close(dirfd);
-    if (failed)
-        return -1;
-    nip_limit = sizeof nip_rec;
-    if (truncated)
-        nip_puts("truncated\n");
-    return 0;
+    return complete;
 }
 
 /* dst = dir "/" base suffix, NUL-terminated; -1 when it does not fit. */
@@ -365,39 +417,25 @@ static int nip_join(char *dst, nip_size cap, const char *base, nip_size base_len
     return 0;
 }
 
-/* Writes nip_rec to <dir>/<base>.tmp and renames it to <base>.rec. */
-static void nip_write_record(const char *base, nip_size base_len)
+/* After a failed write: cut the file back to its whole lines and say
+ * "truncated", so that the reader knows the table is incomplete. */
+static void nip_mark_truncated(void)
 {
-    nip_u64 fsize[2];
+    static const char tail[] = "truncated\nend\n";
     nip_size done = 0;
-    long fd, n, r;
+    long n;
 
-    if (nip_join(nip_tmp_path, sizeof nip_tmp_path, base, base_len, ".tmp") < 0 ||
-        nip_join(nip_rec_path, sizeof nip_rec_path, base, base_len, ".rec") < 0)
+    if (nip_sys2(NIP_SYS_ftruncate, nip_out, nip_whole) != 0)
         return;
-    /* Writing past RLIMIT_FSIZE raises SIGXFSZ, which would kill the
-     * program before main: leave such a process unrecorded. */
-    if (nip_sys4(NIP_SYS_prlimit64, 0, NIP_RLIMIT_FSIZE, 0, fsize) == 0 &&
-        fsize[0] < nip_pos)
-        return;
-    fd = nip_sys4(NIP_SYS_openat, NIP_AT_FDCWD, nip_tmp_path,
-                  NIP_O_WRONLY | NIP_O_CREAT | NIP_O_EXCL | NIP_O_NOFOLLOW | NIP_O_CLOEXEC,
-                  0600);
-    if (fd < 0)
-        return;
-    while (done < nip_pos) {
-        n = nip_sys3(NIP_SYS_write, fd, nip_rec + done, nip_pos - done);
+    while (done < sizeof tail - 1) {
+        n = nip_sys4(NIP_SYS_pwrite64, nip_out, tail + done, sizeof tail - 1 - done,
+                     nip_whole + done);
         if (n == -NIP_EINTR)
             continue;
         if (n <= 0)
-            break;
+            return;
         done += (nip_size)n;
     }
-    r = nip_close(fd);
-    if (done == nip_pos && (r == 0 || r == -NIP_EINTR) &&
-        nip_rename(nip_tmp_path, nip_rec_path) == 0)
-        return;
-    nip_sys3(NIP_SYS_unlinkat, NIP_AT_FDCWD, nip_tmp_path, 0);
 }
 
 static void nip_probe(void)
@@ -407,10 +445,11 @@ static void nip_probe(void)
     } now;
     char base[64];
     nip_size base_len = 0;
-    nip_u64 ns;
+    nip_u64 ns, fsize[2];
     long pid, r;
     char num[24];
     char *p;
+    int complete;
 
     if (nip_find_dir() == 0 || nip_dir[0] != '/')
         return; /* off, or a relative path that would follow the child's cwd */
@@ -419,9 +458,32 @@ static void nip_probe(void)
         return;
     ns = (nip_u64)now.sec * 1000000000ull + (nip_u64)now.nsec;
 
+    /* <pid>-<ns>: one pid can exec many times, each exec is a new record. */
+    p = nip_utoa((nip_u64)pid, num);
+    while (p < num + 24)
+        base[base_len++] = *p++;
+    base[base_len++] = '-';
+    p = nip_utoa(ns, num);
+    while (p < num + 24)
+        base[base_len++] = *p++;
+    if (nip_join(nip_tmp_path, sizeof nip_tmp_path, base, base_len, ".tmp") < 0 ||
+        nip_join(nip_rec_path, sizeof nip_rec_path, base, base_len, ".rec") < 0)
+        return;
+
+    nip_limit = ~0ull;
+    if (nip_sys4(NIP_SYS_prlimit64, 0, NIP_RLIMIT_FSIZE, 0, fsize) == 0)
+        nip_limit = fsize[0];
     nip_pos = 0;
-    nip_full = 0;
-    nip_limit = sizeof nip_rec - NIP_RECORD_TAIL;
+    nip_written = 0;
+    nip_whole = 0;
+    nip_failed = 0;
+    /* Opened before the table is read, and left out of it by number. */
+    nip_out = nip_sys4(NIP_SYS_openat, NIP_AT_FDCWD, nip_tmp_path,
+                       NIP_O_WRONLY | NIP_O_CREAT | NIP_O_EXCL | NIP_O_NOFOLLOW | NIP_O_CLOEXEC,
+                       0600);
+    if (nip_out < 0)
+        return;
+
     nip_puts("noinherit-probe 1\npid ");
     nip_put_long(pid);
     nip_puts("\nppid ");
@@ -435,25 +497,23 @@ static void nip_probe(void)
         nip_put_escaped(nip_link, (nip_size)r);
     nip_put("\n", 1);
     nip_put_argv();
-    if (nip_full)
+    if (nip_written + nip_pos + NIP_RECORD_TAIL > nip_limit) {
+        /* Not even the header fits under RLIMIT_FSIZE: no record. */
+        nip_close(nip_out);
+        nip_sys3(NIP_SYS_unlinkat, NIP_AT_FDCWD, nip_tmp_path, 0);
         return;
-    /* Only now the descriptor table: nothing of ours is open but the
-     * directory being listed, and the record file is opened afterwards. */
-    if (nip_put_fds() < 0)
-        return;
+    }
+    complete = nip_put_fds();
+    if (!complete)
+        nip_puts("truncated\n");
     nip_puts("end\n");
-    if (nip_full)
-        return;
-
-    /* <pid>-<ns>: one pid can exec many times, each exec is a new record. */
-    p = nip_utoa((nip_u64)pid, num);
-    while (p < num + 24)
-        base[base_len++] = *p++;
-    base[base_len++] = '-';
-    p = nip_utoa(ns, num);
-    while (p < num + 24)
-        base[base_len++] = *p++;
-    nip_write_record(base, base_len);
+    nip_flush();
+    if (nip_failed)
+        nip_mark_truncated();
+    r = nip_close(nip_out);
+    (void)r; /* a failed close is a failed write, which the reader will see */
+    if (nip_rename(nip_tmp_path, nip_rec_path) != 0)
+        nip_sys3(NIP_SYS_unlinkat, NIP_AT_FDCWD, nip_tmp_path, 0);
 }
 
 __attribute__((constructor(101), used)) static void nip_probe_init(void)

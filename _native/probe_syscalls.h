@@ -21,8 +21,10 @@
 #define NIP_SYS_write 1
 #define NIP_SYS_close 3
 #define NIP_SYS_fstat 5
+#define NIP_SYS_pwrite64 18
 #define NIP_SYS_getpid 39
 #define NIP_SYS_fcntl 72
+#define NIP_SYS_ftruncate 77
 #define NIP_SYS_getppid 110
 #define NIP_SYS_getdents64 217
 #define NIP_SYS_clock_gettime 228
@@ -60,10 +62,12 @@ static inline long nip_syscall(long n, long a, long b, long c, long d, long e)
 #define NIP_SYS_getdents64 61
 #define NIP_SYS_fcntl 25
 #define NIP_SYS_unlinkat 35
+#define NIP_SYS_ftruncate 46
 #define NIP_SYS_openat 56
 #define NIP_SYS_close 57
 #define NIP_SYS_read 63
 #define NIP_SYS_write 64
+#define NIP_SYS_pwrite64 68
 #define NIP_SYS_readlinkat 78
 #define NIP_SYS_fstat 80
 #define NIP_SYS_clock_gettime 113

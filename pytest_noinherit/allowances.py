@@ -18,6 +18,12 @@ MARKER_HELP = (
     "allow_inherit(*fds, kind=KIND, path=GLOB): descriptors this test may pass to its"
     " children; with no arguments, any descriptor"
 )
+# The highest descriptor number an allowance may name.  A POSIX descriptor is a
+# C int (open(2)), and Windows keeps only the low 32 bits of a handle
+# significant, so nothing above INT_MAX is ever a descriptor.  The
+# RLIMIT_NOFILE limit would be too strict: it can be raised after the
+# allowance is declared, and a number may be named before it is opened.
+FD_MAX = 2**31 - 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,44 +84,88 @@ def build(
     kwargs: Mapping[str, Any],
     identities: Mapping[int, tuple[int, int]] | None = None,
 ) -> Allowance:
-    """Validate marker-style arguments; ValueError says what is wrong."""
+    """Validate marker-style arguments; ValueError says what is wrong, for any input."""
     unknown = set(kwargs) - {"kind", "path"}
     if unknown:
         raise ValueError(
-            f"unknown keyword {', '.join(sorted(unknown))};"
+            f"unknown keyword {', '.join(sorted(map(str, unknown)))};"
             " allow_inherit takes fds, kind= and path="
         )
-    fds = set()
-    for arg in args:
-        if isinstance(arg, bool) or not isinstance(arg, int):
-            raise ValueError(f"descriptor numbers must be integers, not {arg!r}")
-        if arg < 0:
-            raise ValueError(f"descriptor numbers cannot be negative: {arg}")
-        fds.add(arg)
-    kind = kwargs.get("kind")
-    kinds = {kind} if isinstance(kind, str) else set(kind or ())
-    bad = [k for k in kinds if not isinstance(k, str) or k not in KINDS]
-    if bad:
-        raise ValueError(f"unknown kind {bad[0]!r}; known kinds: {', '.join(sorted(KINDS))}")
+    fds = frozenset(_fd(arg) for arg in args)
+    kinds = _kinds(kwargs.get("kind"))
     path = kwargs.get("path")
-    if path is not None and not isinstance(path, str):
-        raise ValueError(f"path= takes a glob string, not {path!r}")
+    if path is not None and (not isinstance(path, str) or not path):
+        raise ValueError(f"path= takes a non-empty glob string, not {path!r}")
     identity = None
     if identities and len(fds) == 1:
         identity = identities.get(next(iter(fds)))
-    return Allowance(source, frozenset(fds), frozenset(kinds), path, identity)
+    return Allowance(source, fds, kinds, path, identity)
+
+
+def _fd(arg: object) -> int:
+    """A descriptor number as a marker or allow() gives it."""
+    if isinstance(arg, str):
+        hint = arg if _is_number(arg) else f"kind={arg!r}" if arg in KINDS else f"path={arg!r}"
+        raise ValueError(f"descriptor numbers must be integers, not {arg!r}; did you mean {hint}?")
+    if isinstance(arg, bool) or not isinstance(arg, int):
+        raise ValueError(f"descriptor numbers must be integers, not {arg!r}")
+    if arg < 0:
+        raise ValueError(f"descriptor numbers cannot be negative: {arg}")
+    if arg > FD_MAX:
+        raise ValueError(f"descriptor number {arg} is out of range 0..{FD_MAX}")
+    return arg
+
+
+def _kinds(kind: object) -> frozenset[str]:
+    """kind= (None, a name or an iterable of names) as a set of known kind names."""
+    if kind is None:
+        return frozenset()
+    if isinstance(kind, str):
+        given: list[object] = [kind]
+    elif isinstance(kind, Iterable) and not isinstance(kind, (bytes, bytearray)):
+        given = list(kind)
+    else:
+        given = []
+    if not given:  # an empty list would silently allow every kind
+        raise ValueError(f"kind= takes a kind name or a list of kind names, not {kind!r}")
+    names = []
+    for name in given:
+        if not isinstance(name, str):
+            raise ValueError(f"kind names are strings, not {name!r}")
+        if name not in KINDS:
+            raise ValueError(f"unknown kind {name!r}; known kinds: {', '.join(sorted(KINDS))}")
+        names.append(name)
+    return frozenset(names)
+
+
+def _is_number(word: str) -> bool:
+    # str.isdigit() is true for "²" and "٣", which int() refuses or reads as
+    # another digit: descriptor numbers are ASCII decimals only.
+    return word.isascii() and word.isdigit()
 
 
 def parse_ini_allowance(line: str, source: str = "ini noinherit_allow") -> Allowance:
     """``3``, ``kind=socket``, ``path=*.sock``, or several of them separated by spaces."""
+    if not line.strip():
+        # Unlike a bare marker, an empty line is more likely a slip than a wish
+        # to allow every descriptor for every test.
+        raise ValueError("an empty allowance; it would allow every descriptor")
     args: list[int] = []
     kwargs: dict[str, Any] = {}
     for word in line.split():
         key, sep, value = word.partition("=")
         if not sep:
-            if not word.isdigit():
+            if word[:1] == "-" and _is_number(word[1:]):
+                raise ValueError(f"{line!r}: descriptor numbers cannot be negative: {word}")
+            if not _is_number(word):
                 raise ValueError(f"{line!r}: {word!r} is neither a descriptor number nor key=value")
+            if len(word.lstrip("0")) > len(str(FD_MAX)):  # and int() refuses more than 4300 digits
+                raise ValueError(f"{line!r}: {word[:12]}... is out of range 0..{FD_MAX}")
             args.append(int(word))
+        elif not key:
+            raise ValueError(f"{line!r}: {word!r} has no key before =")
+        elif not value:
+            raise ValueError(f"{line!r}: {key}= has no value")
         elif key in kwargs:
             raise ValueError(f"{line!r}: {key}= given twice")
         else:

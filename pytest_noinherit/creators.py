@@ -566,7 +566,8 @@ def _forkpty_call(original: _Call, creator: str) -> _Call:
 def _dup2_call(original: _Call, creator: str) -> _Call:
     """``os.dup2()`` as PEP 446 words it: fd2 is inheritable only when it is 0,
     1 or 2 and differs from fd; an explicit ``inheritable=`` wins.  CPython's
-    default is inheritable=True for every target (platform-facts §1.1)."""
+    default is inheritable=True for every target (os_dup2_impl in
+    Modules/posixmodule.c)."""
 
     def call(_home: _Home, fd: int, fd2: int, inheritable: bool = _MISSING) -> Any:
         session = _active
@@ -644,7 +645,8 @@ def _recv_fds_call(
 ) -> _Call:
     """``socket.recv_fds()`` and ``multiprocessing.reduction.recvfds()``.
 
-    Neither passes ``MSG_CMSG_CLOEXEC`` to ``recvmsg`` (platform-facts §1.2).
+    Neither passes ``MSG_CMSG_CLOEXEC`` to ``recvmsg`` (recvmsg(2): descriptors
+    received through SCM_RIGHTS are inheritable without it).
     The flag is added where the function takes flags (3.11's recv_fds ignores
     them, though); the patched ``socket.socket.recvmsg`` adds it for any
     ``socket.socket``; whatever is still inheritable is fixed at once.

@@ -9,8 +9,8 @@ someone looks at an entry.
 
 from __future__ import annotations
 
+import errno
 import functools
-import ipaddress
 import os
 import socket
 import stat
@@ -228,7 +228,11 @@ def _choice() -> tuple[ModuleType, str, str]:
         return _pure(), "python", f"forced by {BACKEND_ENV}=python"
     try:
         from pytest_noinherit import native
+    except OSError as exc:  # EMFILE: no descriptor left to read the module with
+        raise _load_error("native", exc) from exc
     except ImportError as exc:
+        if _out_of_descriptors(exc):  # dlopen() of the extension, same cause
+            raise _load_error("native", exc) from exc
         if wanted == "native":
             raise BackendError(
                 f"{BACKEND_ENV}=native but the native core is not available: {exc}"
@@ -243,9 +247,31 @@ def _pure() -> ModuleType:
     """The reference backend; it needs POSIX (fcntl), so it is imported on demand."""
     try:
         from pytest_noinherit import pure
+    except OSError as exc:
+        raise _load_error("python", exc) from exc
     except ImportError as exc:
         raise BackendError(f"no backend for this platform: {exc}") from exc
     return pure
+
+
+def _out_of_descriptors(exc: Exception) -> bool:
+    """Whether exc says the process (EMFILE) or the system (ENFILE) has no descriptor left."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc.errno in (errno.EMFILE, errno.ENFILE)
+    # dlopen() failures are ImportErrors carrying dlerror()'s text only.
+    return any(os.strerror(e) in str(exc) for e in (errno.EMFILE, errno.ENFILE))
+
+
+def _load_error(name: str, exc: Exception) -> BackendError:
+    """The error for a backend module that could not be read; nothing is cached,
+    so a later call tries again."""
+    hint = (
+        " (the descriptor table is full: take the first snapshot before it fills up,"
+        " or raise RLIMIT_NOFILE)"
+        if _out_of_descriptors(exc)
+        else ""
+    )
+    return BackendError(f"cannot load the {name} backend: {exc}{hint}")
 
 
 def _impl() -> ModuleType:
@@ -303,20 +329,53 @@ def seal(low: int = 3, keep: Iterable[int] = ()) -> None:
     _impl().seal(low, list(keep))
 
 
+#: The target of a descriptor whose path Linux will not read back: d_path()
+#: writes it into one PATH_MAX page (fs/proc/base.c, do_proc_readlink).
+LONG_PATH = "(path longer than 4095 bytes)"
+
+
 def describe(fd: int) -> FdDetails:
-    """Details of an open descriptor: its target, its precise kind, socket addresses."""
+    """Details of an open descriptor: its target, its precise kind, socket addresses.
+
+    Raises only what :func:`os.fstat` raises for a descriptor that is not
+    open (EBADF): whatever of the rest the system will not tell is left out,
+    and every text is printable (see :func:`printable`).
+    """
     impl = _impl()
     st_mode = os.fstat(fd).st_mode
     kind = kind_of(st_mode)
-    target = impl.target(fd)
+    target = _target(impl, fd)
     deleted = False
     if target is not None:
         kind = refined_kind(kind, target)
         deleted = target.endswith(" (deleted)") and kind != "memfd"
-    info = impl.socket_info(fd) if kind == "socket" else None
+        target = printable(target)
+    info = _socket_info(impl, fd) if kind == "socket" else None
     if info is None:
         return FdDetails(fd, kind, target, deleted)
-    return _socket_details(FdDetails(fd, kind, target, deleted), info, impl)
+    return _socket_details(FdDetails(fd, kind, target, deleted), info, impl, fd)
+
+
+def _target(impl: ModuleType, fd: int) -> str | None:
+    """impl.target(fd), with what it cannot read turned into an honest answer."""
+    try:
+        target: str | None = impl.target(fd)
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            raise
+        return LONG_PATH if exc.errno == errno.ENAMETOOLONG else None
+    return target
+
+
+def _socket_info(impl: ModuleType, fd: int) -> tuple[Any, ...] | None:
+    """impl.socket_info(fd); both backends raise EBADF only, this makes sure of it."""
+    try:
+        info: tuple[Any, ...] | None = impl.socket_info(fd)
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            raise
+        return None
+    return info
 
 
 def describe_entry(entry: FdEntry) -> FdDetails:
@@ -327,21 +386,37 @@ def describe_entry(entry: FdEntry) -> FdDetails:
     info = impl.handle_socket_info(entry.fd) if entry.kind == "socket" else None
     if info is None:
         target = impl.handle_target(entry.fd)
-        return FdDetails(entry.fd, entry.kind, target or f"{entry.kind} handle {entry.fd:#x}")
+        text = printable(target) if target else f"{entry.kind} handle {entry.fd:#x}"
+        return FdDetails(entry.fd, entry.kind, text)
     return _socket_details(FdDetails(entry.fd, "socket", None), info, impl)
 
 
-def _socket_details(base: FdDetails, info: tuple[Any, ...], impl: ModuleType) -> FdDetails:
+# Families whose addresses both backends decode alike: CPython's
+# makesockaddr() (Modules/socketmodule.c) for the reference, _decode_sockaddr
+# for the native core's raw bytes.  Any other family is shown without its
+# addresses, since the reference cannot read their bytes.
+_DECODED_FAMILIES = frozenset(
+    getattr(socket, name)
+    for name in ("AF_INET", "AF_INET6", "AF_UNIX", "AF_NETLINK", "AF_PACKET", "AF_VSOCK")
+    if hasattr(socket, name)
+)
+
+
+def _socket_details(
+    base: FdDetails, info: tuple[Any, ...], impl: ModuleType, fd: int = -1
+) -> FdDetails:
     """base with the family, type and addresses of a backend's socket_info answer."""
     family, socktype, _proto, local, peer = info
-    if isinstance(local, (bytes, bytearray)) and impl.__name__.endswith(".native"):
-        local = _decode_sockaddr(family, bytes(local))
-        peer = _decode_sockaddr(family, bytes(peer)) if peer else None
+    if family not in _DECODED_FAMILIES:
+        local = peer = None
+    elif impl.__name__.endswith(".native"):
+        local = _decode_sockaddr(family, bytes(local), fd) if local else None
+        peer = _decode_sockaddr(family, bytes(peer), fd) if peer else None
     return base._replace(
         family=_enum_name(socket.AddressFamily, family, "AF_"),
         socktype=_enum_name(socket.SocketKind, socktype, "SOCK_"),
-        local=_format_address(local),
-        peer=_format_address(peer) if peer else None,
+        local=_address_text(family, local),
+        peer=_address_text(family, peer),
     )
 
 
@@ -359,36 +434,127 @@ def refined_kind(kind: str, target: str) -> str:
 
 
 def _enum_name(enum: Any, value: int, prefix: str) -> str:
+    if value < 0:  # the system would not tell (nic_socket_info)
+        return f"{prefix}UNKNOWN"
     try:
         return str(enum(value).name)
     except ValueError:
         return f"{prefix}{value}"
 
 
-def _decode_sockaddr(family: int, raw: bytes) -> object:
-    """Turn raw sockaddr bytes into what socket.getsockname() would return."""
+def _decode_sockaddr(family: int, raw: bytes, fd: int = -1) -> object:  # noqa: PLR0911 - one branch per family
+    """Turn raw sockaddr bytes into what socket.getsockname() would return.
+
+    fd is the socket they came from, which names AF_PACKET interfaces as
+    CPython does (SIOCGIFNAME on the socket itself).
+    """
     if family == socket.AF_INET and len(raw) >= 8:
         port = struct.unpack("!H", raw[2:4])[0]
-        return (str(ipaddress.IPv4Address(raw[4:8])), port)
+        return (socket.inet_ntop(socket.AF_INET, raw[4:8]), port)
     if family == socket.AF_INET6 and len(raw) >= 28:
         port, flow = struct.unpack("!HI", raw[2:8])
         scope = struct.unpack("=I", raw[24:28])[0]
-        return (str(ipaddress.IPv6Address(raw[8:24])), port, flow, scope)
+        return (_ipv6_host(raw[8:24], scope), port, flow, scope)
     if family == getattr(socket, "AF_UNIX", None):
         path = raw[2:]
         if path[:1] == b"\0":
             return path  # abstract namespace: getsockname() gives bytes too
         return os.fsdecode(path.split(b"\0", 1)[0])
+    if family == getattr(socket, "AF_NETLINK", None) and len(raw) >= 12:
+        pid, groups = struct.unpack("=II", raw[4:12])  # struct sockaddr_nl
+        return (pid, groups)
+    if family == getattr(socket, "AF_PACKET", None) and len(raw) >= 12:
+        # struct sockaddr_ll: protocol (network order), ifindex, hatype,
+        # pkttype, halen, then up to 8 address bytes
+        (proto,) = struct.unpack("!H", raw[2:4])
+        index, hatype, pkttype, halen = struct.unpack("=iHBB", raw[4:12])
+        return (_interface_name(fd, index), proto, pkttype, hatype, raw[12 : 12 + halen])
+    if family == getattr(socket, "AF_VSOCK", None) and len(raw) >= 12:
+        port, cid = struct.unpack("=II", raw[4:12])  # struct sockaddr_vm
+        return (cid, port)
     return raw[2:]
 
 
-def _format_address(addr: object) -> str:
-    if isinstance(addr, tuple) and len(addr) >= 2:
-        host, port = addr[0], addr[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+def _ipv6_host(packed: bytes, scope: int) -> str:
+    """The host as getnameinfo(NI_NUMERICHOST) writes it, which CPython uses.
+
+    glibc appends the scope of a link-local address: the interface name, or
+    its number when there is none.
+    """
+    host = socket.inet_ntop(socket.AF_INET6, packed)
+    # IN6_IS_ADDR_LINKLOCAL (fe80::/10) or IN6_IS_ADDR_MC_LINKLOCAL (ff02::/16-ish)
+    link_local = (packed[0], packed[1] & 0xC0) == (0xFE, 0x80) or (
+        packed[0] == 0xFF and packed[1] & 0x0F == 2
+    )
+    if scope and link_local:
+        try:
+            return f"{host}%{socket.if_indextoname(scope)}"
+        except (OSError, AttributeError):
+            return f"{host}%{scope}"
+    return host
+
+
+def _interface_name(fd: int, index: int) -> str:
+    """The name of interface index in fd's network namespace, or ''."""
+    if fd < 0 or index <= 0 or not sys.platform.startswith("linux"):
+        return ""
+    import fcntl
+
+    # struct ifreq: ifr_name[IFNAMSIZ], then ifr_ifindex in the union (40 bytes on LP64)
+    request = struct.pack("=16si20x", b"", index)
+    try:
+        answer = fcntl.ioctl(fd, _SIOCGIFNAME, request)
+    except OSError:
+        return ""
+    return answer[:16].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+_SIOCGIFNAME = 0x8910  # linux/sockios.h
+
+
+def _address_text(family: int, addr: object) -> str | None:
+    """An address as shown to the user, or None when there is none (an unnamed socket)."""
+    if addr is None or addr in ("", b""):
+        return None
+    return _format_address(addr, family)
+
+
+def _format_address(addr: object, family: int | None = None) -> str:
+    """A decoded address as printable text (family picks the formats that need it)."""
+    if isinstance(addr, tuple):
+        if family == getattr(socket, "AF_NETLINK", None) and len(addr) == 2:
+            return f"pid={addr[0]},groups={addr[1]:#x}"
+        if family == getattr(socket, "AF_PACKET", None) and len(addr) == 5:
+            ifname, proto, _pkttype, _hatype, hardware = addr
+            # CPython builds proto as a C short: mask it back to the ethertype.
+            where = f"{printable(ifname) or '*'},proto={proto & 0xFFFF:#06x}"
+            return where + (f",hw={bytes(hardware).hex(':')}" if hardware else "")
+        if len(addr) >= 2:
+            host, port = printable(str(addr[0])), addr[1]
+            return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     if isinstance(addr, (bytes, bytearray)):
-        text = bytes(addr)
-        return (
-            "@" + text[1:].decode("utf-8", "backslashreplace") if text[:1] == b"\0" else repr(text)
-        )
-    return str(addr)
+        raw = bytes(addr)
+        if raw[:1] == b"\0":  # abstract unix name, shown the way ss(8) does
+            return "@" + printable(os.fsdecode(raw[1:]))
+        return repr(raw)
+    return printable(str(addr))
+
+
+def printable(text: str) -> str:
+    """text with every character that is not printable escaped as repr() would.
+
+    Bytes that did not decode (surrogateescape) become ``\\xHH``, as the
+    exec probe writes them; spaces and printable non-ASCII stay as they are.
+    """
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte (PEP 383)
+        code -= 0xDC00
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"

@@ -6,6 +6,7 @@ A finding is a plain JSON-ready dict so that it travels on a
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -14,10 +15,12 @@ from pytest_noinherit.allowances import ChildDescriptor
 from pytest_noinherit.fdtable import UNIT
 from pytest_noinherit.spawns import Spawn
 
-VIOLATION = "violation"  # a child received a descriptor nobody allowed
+VIOLATION = "violation"  # a child received a descriptor nobody declared or allowed
 LEFTOVER = "leftover"  # strict mode: an inheritable descriptor outlived its test
-LEAK = "leak"  # any descriptor outlived its test (a warning)
+LATENT = "latent"  # default mode: the same, listed only ("would fail under strict")
+LEAK = "leak"  # --noinherit-leaks: any descriptor outlived its test (a warning)
 ALLOWED = "allowed"  # a child received it, an allowance said yes
+INCOMPLETE = "incomplete"  # a child's table could not be seen whole
 
 
 def descriptor_json(desc: ChildDescriptor) -> dict[str, Any]:
@@ -48,7 +51,24 @@ def child_finding(
         "how": spawn.how,
         "hint": spawn.hint,
         "allowed_by": allowed_by,
+        "children": 1,  # children of this phase that received it
+        "came_from": "",  # which test (or import time) first held it inheritable
         **descriptor_json(desc),
+    }
+
+
+def incomplete_finding(nodeid: str, phase: str, spawn: Spawn) -> dict[str, Any]:
+    """A child whose table was not seen whole: never read as clean."""
+    return {
+        "type": INCOMPLETE,
+        "test": nodeid,
+        "phase": phase,
+        "pid": spawn.pid,
+        "argv": list(spawn.argv),
+        "route": spawn.route,
+        "how": spawn.how,
+        "hint": spawn.hint,
+        "reason": spawn.incomplete,
     }
 
 
@@ -92,22 +112,38 @@ def describe_child(f: dict[str, Any]) -> str:
 
 
 def fix_for(f: dict[str, Any]) -> str:
-    """The advice for one violation."""
+    """The advice for one violation.
+
+    Descriptor numbers differ between runs (the plugin, coverage or xdist
+    may hold a few more), so an allowance is offered by what the descriptor
+    is, never by its number.
+    """
     if UNIT == "handle":
         return _windows_fix_for(f)
-    fd = f["fd"]
     hint = f.get("hint") or ""
     how = {
-        "close_fds=False": f"keep close_fds=True and pass it explicitly with pass_fds=({fd},)",
-        "no file actions close it": f"add (os.POSIX_SPAWN_CLOSE, {fd}) to file_actions, or use"
+        "close_fds=False": "keep close_fds=True and hand it over with pass_fds",
+        "no file actions close it": "add a POSIX_SPAWN_CLOSE file action for it, or use"
         " subprocess with pass_fds",
-        "fork+exec without closing it": f"close it in the child before exec, or use subprocess"
-        f" with pass_fds=({fd},)",
-    }.get(hint, f"start the child with subprocess and pass_fds=({fd},)")
+        "fork+exec without closing it": "close it in the child before exec, or use subprocess"
+        " with pass_fds",
+    }.get(hint, "start the child with subprocess and hand it over with pass_fds")
     return (
-        f"{how}; if the child really needs it, mark the test @pytest.mark.allow_inherit({fd});"
-        f" otherwise keep it close-on-exec (os.set_inheritable({fd}, False))"
+        f"{how}; if the child really needs it, allow it by what it is:"
+        f" {allow_example(f)} or noinherit.allow(<the file or socket>);"
+        " otherwise keep it close-on-exec (os.set_inheritable(fd, False), or"
+        " os.dup2(..., inheritable=False))"
     )
+
+
+def allow_example(f: dict[str, Any]) -> str:
+    """A marker that allows this descriptor by kind, and by path where it has one."""
+    target = str(f.get("target") or "")
+    words = target.split(" ")
+    path = next((w for w in (target, *words[1:2]) if w.startswith("/")), None)
+    if path is not None and " " not in path:
+        return f'@pytest.mark.allow_inherit(kind="{f["kind"]}", path="{path}")'
+    return f'@pytest.mark.allow_inherit(kind="{f["kind"]}")'
 
 
 def _windows_fix_for(f: dict[str, Any]) -> str:
@@ -120,7 +156,8 @@ def _windows_fix_for(f: dict[str, Any]) -> str:
         " handles the child needs",
     }.get(f.get("hint") or "", f"start the child with subprocess.Popen and {listed}")
     return (
-        f"{how}; if the child really needs it, mark the test @pytest.mark.allow_inherit({h});"
+        f"{how}; if the child really needs it, allow it: {allow_example(f)}"
+        " or noinherit.allow(<the file or socket>);"
         f" otherwise keep it non-inheritable (os.set_handle_inheritable({h}, False))"
     )
 
@@ -129,7 +166,7 @@ def _unset(f: dict[str, Any]) -> str:
     """How to make one leftover non-inheritable."""
     if UNIT == "handle":
         return f"os.set_handle_inheritable({number(f['fd'])}, False)"
-    return f"os.set_inheritable({f['fd']}, False)"
+    return "os.set_inheritable(fd, False)"
 
 
 def leak_message(f: dict[str, Any]) -> str:
@@ -139,14 +176,36 @@ def leak_message(f: dict[str, Any]) -> str:
 
 def failure_message(findings: Iterable[dict[str, Any]]) -> str:
     """The short text a failing phase shows; the long one goes to a report section."""
+    found = list(findings)
     lines = []
-    for f in findings:
-        if f["type"] == VIOLATION:
-            lines.append(f"{describe_fd(f)} leaked into {describe_child(f)}")
-        elif f["type"] == LEFTOVER:
-            lines.append(f"{describe_fd(f)} is inheritable and still open after {_after(f)}")
-    head = f"noinherit: {len(lines)} descriptor{'s' if len(lines) != 1 else ''} nobody allowed"
-    return "\n".join([head, *("  " + line for line in lines)])
+    violations = [f for f in found if f["type"] == VIOLATION]
+    leftovers = [f for f in found if f["type"] == LEFTOVER]
+    incomplete = [f for f in found if f["type"] == INCOMPLETE]
+    if violations:
+        n = len(violations)
+        lines.append(
+            f"noinherit: {n} descriptor{'s' if n != 1 else ''} nobody declared or allowed"
+            f" reached a child"
+        )
+        lines += [
+            f"  {_in_phase(f)}{describe_fd(f)} leaked into {describe_child(f)}" for f in violations
+        ]
+    if leftovers:
+        n = len(leftovers)
+        lines.append(
+            f"noinherit: {n} inheritable descriptor{'s' if n != 1 else ''} left open"
+            " (--noinherit-strict)"
+        )
+        lines += [f"  {describe_fd(f)} is still open after {_after(f)}" for f in leftovers]
+    if incomplete:
+        lines.append("noinherit: a child's table could not be seen whole, so it is not clean")
+        lines += [f"  {describe_child(f)}: {f['reason']}" for f in incomplete]
+    return "\n".join(lines)
+
+
+def _in_phase(f: dict[str, Any]) -> str:
+    """``(in call) `` for a violation raised at teardown after the test's own outcome."""
+    return f"(in {f['phase']}) " if f.get("carried") else ""
 
 
 def details_section(findings: Iterable[dict[str, Any]]) -> str:
@@ -161,6 +220,8 @@ def details_section(findings: Iterable[dict[str, Any]]) -> str:
                 *_origin_lines(f),
                 f"  fix:   {fix_for(f)}",
             ]
+        elif f["type"] == INCOMPLETE:
+            out += [f"child: {describe_child(f)}", f"  {f['reason']}"]
         elif f["type"] == LEFTOVER:
             out += [
                 f"{describe_fd(f)}",
@@ -178,7 +239,7 @@ def _after(f: dict[str, Any]) -> str:
 
 
 def _origin_lines(f: dict[str, Any]) -> list[str]:
-    lines = []
+    lines = [f"  came from: {f['came_from']}"] if f.get("came_from") else []
     if f.get("created_at"):
         lines.append(f"  origin: {f['created_at']}")
     if f.get("inheritable_since"):
@@ -201,24 +262,65 @@ class Summary:
         return [f for f in self.findings if f["type"] == type_]
 
 
+def by_descriptor(items: Iterable[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Findings grouped by descriptor (number and open file), in order of first arrival."""
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for f in items:
+        groups.setdefault((f["fd"], f["dev"], f["ino"], f["kind"]), []).append(f)
+    return list(groups.values())
+
+
+def _tests_text(
+    items: Sequence[dict[str, Any]], shown: int, phases: bool = True
+) -> tuple[int, str]:
+    """How many tests, and the first few of them (``a (call), b (setup) (+3)``)."""
+    names = (f"{f['test']} ({f['phase']})" if phases else f["test"] for f in items)
+    tests = list(dict.fromkeys(names))
+    text = ", ".join(tests[:shown])
+    if len(tests) > shown:
+        text += f" (+{len(tests) - shown})"
+    return len(tests), text
+
+
+_SHOWN = 3  # tests named per grouped line, unless -v
+
+
 def write_summary(
     tr: Any, summary: Summary, baseline: Sequence[Any], problems: Sequence[str]
 ) -> None:
     """The terminal summary section (nothing at all when there is nothing to say)."""
     violations = summary.of_type(VIOLATION)
     leftovers = summary.of_type(LEFTOVER)
+    latent = summary.of_type(LATENT)
+    incomplete = summary.of_type(INCOMPLETE)
     leaks = summary.of_type(LEAK)
     allowed = summary.of_type(ALLOWED)
-    if not (violations or leftovers or leaks or allowed or problems or baseline):
+    found = violations or leftovers or latent or incomplete or leaks or allowed
+    if not (found or problems or baseline):
         return
+    shown = 10**9 if getattr(tr, "verbosity", 0) > 0 else _SHOWN
     tr.write_sep("=", "noinherit summary")
-    for f in violations:
-        tr.write_line(f"VIOLATION {f['test']} ({f['phase']}): {describe_fd(f)}")
+    for group in by_descriptor(violations):
+        f = group[0]
+        n, tests = _tests_text(group, shown)
+        where = f"the children of {n} tests:" if n > 1 else "a child of"
+        tr.write_line(f"VIOLATION {describe_fd(f)} reached {where} {tests}")
         tr.write_line(f"    into {describe_child(f)}")
+        if f.get("came_from"):
+            tr.write_line(f"    came from: {f['came_from']}")
         if f.get("origin"):
             tr.write_line(f"    {f['origin']}")
+    for f in incomplete:
+        tr.write_line(f"INCOMPLETE {f['test']} ({f['phase']}): {describe_child(f)}: {f['reason']}")
     for f in leftovers:
         tr.write_line(f"LEFTOVER {f['test']}: {describe_fd(f)}, still open after {_after(f)}")
+    for f in latent[:shown] if shown == _SHOWN else latent:
+        tr.write_line(
+            f"LATENT {f['test']}: {describe_fd(f)} left open and inheritable"
+            " (would fail under --noinherit-strict)"
+        )
+    if shown == _SHOWN and len(latent) > _SHOWN:
+        tr.write_line(f"    ... and {len(latent) - _SHOWN} more latent (-v lists them)")
     if leaks:
         tr.write_line(f"{len(leaks)} descriptor leak(s) reported as DescriptorLeakWarning:")
         for f in leaks:
@@ -228,10 +330,12 @@ def write_summary(
         by_allowance.setdefault(f["allowed_by"], []).append(f)
     for allowance, items in by_allowance.items():
         tr.write_line(f"allowed by {allowance}:")
-        for f in items:
-            tr.write_line(f"    {f['test']}: {describe_fd(f)} into {describe_child(f)}")
+        for group in by_descriptor(items):
+            _, tests = _tests_text(group, shown, phases=False)
+            tr.write_line(f"    {tests}: {describe_fd(group[0])} into {describe_child(group[0])}")
     if baseline:
         fds = ", ".join(f"{number(e.fd)} ({e.kind})" for e in baseline)
         tr.write_line(f"session baseline (inherited by pytest, allowed everywhere): {fds}")
-    for problem in problems:
-        tr.write_line(f"noinherit could not inspect a spawn: {problem}")
+    for problem, count in dict(collections.Counter(problems)).items():
+        times = f" ({count} times)" if count > 1 else ""
+        tr.write_line(f"noinherit could not inspect a spawn: {problem}{times}")

@@ -8,17 +8,15 @@ hooks only create it.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import sys
-import tempfile
 import warnings
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
 
 from pytest_noinherit import allowances as allow_mod
-from pytest_noinherit import creators, fdtable, findings
+from pytest_noinherit import creators, fdtable, findings, recorddir, verdict
 from pytest_noinherit.allowances import Allowance
 from pytest_noinherit.fdtable import FdEntry, FdTable
 from pytest_noinherit.probe import ProbeEnvironment
@@ -27,6 +25,7 @@ from pytest_noinherit.spawns import Spawn, SpawnTracker
 from pytest_noinherit.warning_types import DescriptorLeakWarning
 
 Key = tuple[int, int, int]
+_IMPORT_TIME = "import or collection time, before any test"
 
 
 def _key(e: FdEntry) -> Key:
@@ -68,9 +67,12 @@ class Monitor:
         self.config = config
         self.settings = settings
         self.baseline = [e for e in baseline if e.inheritable and e.fd >= 3]
-        self.record_dir = tempfile.mkdtemp(prefix="pytest-noinherit-")
-        self.tracker = _tracker_class()({_key(e) for e in self.baseline}, self.record_dir)
-        self.probe = ProbeEnvironment(self.record_dir)
+        try:
+            self.records = recorddir.RecordDirectory.create()
+        except OSError as exc:
+            raise pytest.UsageError(f"noinherit: cannot make its record directory: {exc}") from None
+        self.tracker = _tracker_class()({_key(e) for e in self.baseline}, self.records)
+        self.probe = ProbeEnvironment(self.records.path)
         self.probe_status = self._start_probe()
         self.nodeid: str | None = None  # the test in progress, for creation records
         self.unpatch = self._start_patch(str(config.rootpath))
@@ -78,8 +80,10 @@ class Monitor:
         if settings.patch and not self.unpatch:
             self.patch_status = "unavailable: the patched creators are the POSIX ones"
         self.summary = findings.Summary()
-        # Descriptors already reported: a leak is blamed on one test, never on the next.
-        self.reported: set[Key] = set()
+        # Which test (or import time) first held each descriptor inheritable:
+        # the summary says where a leak came from, the verdict never uses it.
+        self.first_held: dict[Key, str] = {}
+        self.tests_started = False
         # Broader-scoped fixtures own what their setup opened until their teardown.
         self.owned: dict[int, tuple[str, list[FdEntry]]] = {}
         self.fixture_leftovers: list[tuple[str, FdEntry]] = []
@@ -89,6 +93,9 @@ class Monitor:
         # The test in progress; nothing is kept on items, which live all session.
         self.before: FdTable | None = None
         self.allowances: list[Allowance] = []
+        # Failing findings of a phase whose own outcome was an exception
+        # (a failure, a skip, an xfail): raised again at the test's teardown.
+        self.carried: list[dict[str, Any]] = []
         # Findings waiting for their phase's report: (nodeid, when) -> findings.
         self.unsent: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.tracker.install()
@@ -97,9 +104,11 @@ class Monitor:
         """Switch the exec probe on if asked to and it works; the header's words."""
         mode = self.settings.probe
         if mode == "off" or (mode == "auto" and not self.settings.strict):
+            self.probe.hide()
             return "off"
         problem = self.probe.self_test()
         if problem:
+            self.probe.hide()
             return f"unavailable: {problem}"
         self.probe.start()
         self.tracker.probe_on = True
@@ -124,7 +133,7 @@ class Monitor:
             self.unpatch()
         self.probe.stop()
         self.tracker.uninstall()
-        shutil.rmtree(self.record_dir, ignore_errors=True)
+        self.records.remove()
 
     # -- test phases ------------------------------------------------------------
 
@@ -134,8 +143,14 @@ class Monitor:
         if spawns:
             self._judge_outside(spawns)
         self.nodeid = item.nodeid
-        self.before = self.last_table or fdtable.snapshot()
-        self.last_table = None
+        if self.last_table is None:
+            self.before = fdtable.snapshot()
+            if not self.tests_started:
+                self._held_since_import(self.before)
+                self.tests_started = True
+        else:
+            self.before, self.last_table = self.last_table, None
+        self.carried = []
         self.allowances, problem = self._marker_allowances(item)
         yield from self._phase(item, "setup")
         if problem:
@@ -154,10 +169,10 @@ class Monitor:
         try:
             result = yield
         except BaseException:
-            # The test's own failure wins; the violation is still recorded and shown.
-            self._judge(item, when, own_failure=True)
+            # The test's own outcome stands; its violations fail its teardown.
+            self._judge(item, when, own_outcome=True)
             raise
-        self._judge(item, when, own_failure=False)
+        self._judge(item, when, own_outcome=False)
         return result
 
     @pytest.hookimpl(tryfirst=True)
@@ -219,54 +234,76 @@ class Monitor:
         """What the ``noinherit`` fixture's allow() calls, for the test in progress."""
         self.allowances.append(allowance)
 
-    def _child_findings(
-        self, item: pytest.Item | None, phase: str, spawns: Iterable[Spawn]
-    ) -> list[dict[str, Any]]:
-        nodeid = item.nodeid if item is not None else "(outside any test)"
-        granted = list(self.settings.allowances)
-        if item is not None:
-            granted = self.allowances + granted
-        result = []
-        allowed: set[Key] = set()  # one child per allowed descriptor and phase
-        for spawn in spawns:
-            for desc in spawn.received:
-                key = (desc.fd, desc.dev, desc.ino)
-                if key in self.reported or key in allowed:
-                    continue
-                f = findings.child_finding(findings.VIOLATION, nodeid, phase, spawn, desc)
-                verdict = self.config.hook.pytest_noinherit_allow(item=item, descriptor=dict(f))
-                by = (
-                    next((a for a in granted if a.matches(desc)), None) if verdict is None else None
-                )
-                if verdict or by is not None:
-                    allowed.add(key)
-                    f["type"] = findings.ALLOWED
-                    f["allowed_by"] = str(by) if by is not None else "pytest_noinherit_allow hook"
-                else:
-                    self.reported.add(key)
-                result.append(f)
-        return result
+    def _ask(self, item: pytest.Item | None) -> Callable[[dict[str, Any]], bool | None]:
+        def ask(descriptor: dict[str, Any]) -> bool | None:
+            answer = self.config.hook.pytest_noinherit_allow(item=item, descriptor=descriptor)
+            return None if answer is None else bool(answer)
+
+        return ask
+
+    def _came_from(self, key: Key) -> str:
+        return self.first_held.get(key) or str(self.nodeid)
+
+    def _outside_origin(self) -> str:
+        return "outside any test" if self.tests_started else _IMPORT_TIME
+
+    def _held_since_import(self, table: FdTable) -> None:
+        """What is inheritable before the first test came from import or collection."""
+        baseline = {_key(e) for e in self.baseline}
+        for e in table.inheritable():
+            if e.fd >= 3 and _key(e) not in baseline:
+                self.first_held.setdefault(_key(e), _IMPORT_TIME)
 
     def _judge_outside(self, spawns: list[Spawn]) -> None:
-        found = self._child_findings(None, "outside", spawns)
+        found = verdict.judge_children(
+            "(outside any test)",
+            "outside",
+            spawns,
+            self.settings.allowances,
+            self._ask(None),
+            lambda key: self.first_held.get(key) or self._outside_origin(),
+        )
         for f in found:
             self.config.hook.pytest_noinherit_finding(item=None, finding=f)
         self.summary.add(found)
 
-    def _judge(self, item: pytest.Item, when: str, own_failure: bool) -> None:
+    def _judge(self, item: pytest.Item, when: str, own_outcome: bool) -> None:
         spawns = self.tracker.drain()
-        found = self._child_findings(item, when, spawns) if spawns else []
-        leaks: list[dict[str, Any]] = []
+        found = []
+        if spawns:
+            granted = [*self.allowances, *self.settings.allowances]
+            found = verdict.judge_children(
+                item.nodeid, when, spawns, granted, self._ask(item), self._came_from
+            )
         if when == "teardown":
-            leftovers, leaks = self._table_findings(item)
-            found += leftovers
-        if not (found or leaks):
+            found += self._table_findings(item)
+        if found:
+            for f in found:
+                self.config.hook.pytest_noinherit_finding(item=item, finding=f)
+            self.unsent[(item.nodeid, when)] = found
+        failing = verdict.failing(found)
+        if failing:
+            item.add_report_section(when, "noinherit", findings.details_section(failing))
+        escalated = self._warn_leaks(item, found) if self.settings.leaks else []
+        if when != "teardown":
+            if own_outcome:
+                self.carried += [{**f, "carried": True} for f in failing]
+                return
+        elif self.carried:
+            failing = self.carried + failing
+            self.carried = []
+        if own_outcome or not (failing or escalated):
             return
-        for f in found + leaks:
-            self.config.hook.pytest_noinherit_finding(item=item, finding=f)
-        self.unsent[(item.nodeid, when)] = found + leaks
-        escalated = []  # leak warnings that -W error:: turned into exceptions
-        for f in leaks:
+        lines = [findings.failure_message(failing)] if failing else []
+        lines += [f"DescriptorLeakWarning: {text}" for text in escalated]
+        pytest.fail("\n".join(lines), pytrace=False)
+
+    def _warn_leaks(self, item: pytest.Item, found: list[dict[str, Any]]) -> list[str]:
+        """Warn about each leak; the texts of those that -W error turned into exceptions."""
+        escalated = []
+        for f in found:
+            if f["type"] != findings.LEAK:
+                continue
             try:
                 warnings.warn_explicit(
                     DescriptorLeakWarning(findings.leak_message(f)),
@@ -276,20 +313,10 @@ class Monitor:
                 )
             except DescriptorLeakWarning as exc:
                 escalated.append(str(exc))
-        failing = [f for f in found if f["type"] in (findings.VIOLATION, findings.LEFTOVER)]
-        if failing:
-            item.add_report_section(when, "noinherit", findings.details_section(failing))
-        if own_failure or not (failing or escalated):
-            return
-        message = findings.failure_message(failing) if failing else ""
-        lines = [message] if message else []
-        lines += [f"DescriptorLeakWarning: {text}" for text in escalated]
-        pytest.fail("\n".join(lines), pytrace=False)
+        return escalated
 
-    def _table_findings(
-        self, item: pytest.Item
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """Strict leftovers and leaks of a test whose teardown just ended."""
+    def _table_findings(self, item: pytest.Item) -> list[dict[str, Any]]:
+        """Leftovers, latent leftovers and leaks of a test whose teardown just ended."""
         before, self.before = self.before, None
         fixture_left, self.fixture_leftovers = self.fixture_leftovers, []
         # Between two phases of one test, an in-place swap of a descriptor
@@ -298,39 +325,25 @@ class Monitor:
             fdtable.snapshot_since(before) if before is not None else fdtable.snapshot()
         )
         if before is None or (after == before and not fixture_left):
-            return [], []
+            return []
         owned = {_key(e) for _, entries in self.owned.values() for e in entries}
         lifetime = _stdlib_helper_fds()
         suspects = [
-            ("the test", e)
+            ("the test", True, e)
             for e in after.added_since(before)
             if _key(e) not in owned and e.fd not in lifetime
         ]
-        suspects += [("the test", e) for e in after.made_inheritable_since(before)]
-        suspects += fixture_left
-        if not suspects:
-            return [], []
-        existed = before.keys()
-        leftovers: list[dict[str, Any]] = []
-        leaks: list[dict[str, Any]] = []
-        for owner, entry in suspects:
-            key = _key(entry)
-            if key in self.reported:
-                continue
-            if entry.inheritable and self.settings.strict:
-                found = leftovers
-                type_ = findings.LEFTOVER
-            elif key not in existed or owner != "the test":
-                found, type_ = leaks, findings.LEAK
-            else:
-                continue  # made inheritable but not new: only strict mode minds
-            self.reported.add(key)
-            found.append(
-                findings.table_finding(
-                    type_, item.nodeid, "teardown", self.tracker.describe(entry), owner
-                )
-            )
-        return leftovers, leaks
+        suspects += [("the test", False, e) for e in after.made_inheritable_since(before)]
+        suspects += [(owner, True, e) for owner, e in fixture_left]
+        for owner, _, e in suspects:
+            if e.inheritable:
+                self.first_held.setdefault(_key(e), item.nodeid if owner == "the test" else owner)
+        wanted = [
+            (owner, new, self.tracker.describe(e), e.inheritable)
+            for owner, new, e in suspects
+            if e.inheritable or self.settings.leaks
+        ]
+        return verdict.judge_table(item.nodeid, wanted, self.settings.strict, self.settings.leaks)
 
     # -- the end of the session -------------------------------------------------
 
@@ -338,3 +351,5 @@ class Monitor:
         """Judge what arrived after the last test (late records, session teardown)."""
         with contextlib.suppress(Exception):
             self._judge_outside(self.tracker.drain() + self.tracker.read_records())
+        with contextlib.suppress(Exception):
+            self.tracker.sweep()

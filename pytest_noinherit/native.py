@@ -23,6 +23,7 @@ from pytest_noinherit._core import ffi, lib
 __all__ = [
     "ENTRY_WORDS",
     "METHODS",
+    "TRUNCATED",
     "get_inheritable",
     "platform",
     "seal",
@@ -49,7 +50,12 @@ METHODS: dict[str, int] = {
 
 _INT_MAX = 2 ** (ffi.sizeof("int") * 8 - 1) - 1
 _INT_MIN = -_INT_MAX - 1
-_TARGET_SIZE = 4096  # PATH_MAX on Linux, MAXPATHLEN on macOS
+# Room for a PATH_MAX (Linux) or MAXPATHLEN (macOS) path and its NUL, plus
+# the byte that tells a whole answer from a truncated one (noinherit.h).
+_TARGET_SIZE = 4097
+_TARGET_LIMIT = 1 << 16
+#: What a target cut short at ``_TARGET_LIMIT`` bytes ends with.
+TRUNCATED = "... (truncated)"
 _SOCKADDR_SIZE = 128  # sizeof(struct sockaddr_storage)
 
 
@@ -162,19 +168,34 @@ def seal(low: int = 3, keep: Iterable[int] = (), method: str = "auto") -> None:
 
 
 def target(fd: int) -> str | None:
-    """What ``fd`` refers to (a path, ``pipe:[ino]``...), or None where unknowable."""
+    """What ``fd`` refers to (a path, ``pipe:[ino]``...), or None where unknowable.
+
+    An answer that fills the buffer may have been cut short, so the buffer
+    grows until it has room to spare; one still cut short at
+    ``_TARGET_LIMIT`` says so with ``TRUNCATED`` at its end.
+    """
     c_fd = _c_int(fd)
-    buf = ffi.new("char[]", _TARGET_SIZE)
-    n = lib.nic_target(c_fd, buf, _TARGET_SIZE)
-    if n < 0:
-        if ffi.errno == errno.ENOSYS:
-            return None
-        _raise_errno()
-    return os.fsdecode(ffi.buffer(buf, n)[:])
+    size = _TARGET_SIZE
+    while True:
+        buf = ffi.new("char[]", size)
+        n = lib.nic_target(c_fd, buf, size)
+        if n < 0:
+            if ffi.errno == errno.ENOSYS:
+                return None
+            _raise_errno()
+        if n < size - 1:
+            return os.fsdecode(ffi.buffer(buf, n)[:])
+        if size >= _TARGET_LIMIT:
+            return os.fsdecode(ffi.buffer(buf, n)[:]) + TRUNCATED
+        size *= 2
 
 
 def socket_info(fd: int) -> tuple[int, int, int, bytes, bytes] | None:
-    """``(family, type, protocol, local, peer)`` raw sockaddr bytes, or None for a non-socket."""
+    """``(family, type, protocol, local, peer)`` raw sockaddr bytes, or None for a non-socket.
+
+    Only EBADF raises: what the system will not tell is -1 (family, type), 0
+    (protocol) or ``b""`` (an address), as in ``nic_socket_info``.
+    """
     c_fd = _c_int(fd)
     return _socket_info(lambda *out: lib.nic_socket_info(c_fd, *out))
 

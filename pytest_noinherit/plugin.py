@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
+import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_noinherit import allowances, fdtable, findings, newhooks, settings
+from pytest_noinherit import allowances, fdtable, findings, newhooks, report, settings
 from pytest_noinherit.fdtable import FdTable
 
 if TYPE_CHECKING:  # imported when configured: it needs POSIX, this module must not
@@ -69,12 +69,26 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
         return
     monitor.finish()
     path = monitor.settings.report_path
-    if path and not hasattr(session.config, "workerinput"):
+    if not path or hasattr(session.config, "workerinput"):  # under xdist, the controller writes it
+        return
+    try:
         write_json_report(path, monitor)
+    except OSError as exc:
+        # The run's verdicts and summary stay; but a CI that asked for a report
+        # and got none must notice, so a green run exits 1, as pytest-cov's
+        # --cov-fail-under does.  pytest returns session.exitstatus after this hook.
+        line = f"noinherit: the report was not written: {exc}"
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(line, red=True, bold=True)
+        else:
+            print(line, file=sys.stderr)
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def write_json_report(path: str, monitor: Monitor) -> None:
-    """Every finding, the baseline and the settings, as one JSON document."""
+    """Every finding, the baseline and the settings, as one JSON document, written atomically."""
     doc = {
         "backend": fdtable.backend(),
         "strict": monitor.settings.strict,
@@ -83,8 +97,7 @@ def write_json_report(path: str, monitor: Monitor) -> None:
         ],
         "findings": monitor.summary.findings,
     }
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(doc, f, indent=2)
+    report.write(path, doc)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -112,12 +125,25 @@ class NoinheritControls:
         """
         fds, identities = [], {}
         for target in targets:
-            fd = target if isinstance(target, int) else _table_number(target)
+            if isinstance(target, int):  # a bool too: build() refuses it by name
+                fds.append(target)
+                continue
+            try:
+                fd = _table_number(target)
+            except TypeError:
+                raise  # already says what allow() takes
+            except Exception as exc:  # a closed file's fileno() raises ValueError
+                raise TypeError(
+                    f"noinherit.allow(): {target!r}.fileno() failed: {type(exc).__name__}: {exc}"
+                ) from None
+            if isinstance(fd, bool):
+                raise TypeError(f"noinherit.allow(): {target!r}.fileno() returned {fd!r}")
+            if fd < 0:  # a closed socket's fileno() is -1
+                raise TypeError(f"noinherit.allow(): {target!r} has no descriptor (closed?)")
             fds.append(fd)
-            if not isinstance(target, int):
-                entry = fdtable.snapshot().get(fd)
-                if entry is not None:
-                    identities[fd] = entry.identity
+            entry = fdtable.snapshot().get(fd)
+            if entry is not None:
+                identities[fd] = entry.identity
         kwargs = {k: v for k, v in (("kind", kind), ("path", path)) if v is not None}
         source = f"noinherit.allow() in {self._item.nodeid}"
         try:

@@ -10,13 +10,16 @@ untrusted input written by whatever program ran.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
+import re
+import struct
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
+
+from pytest_noinherit import recorddir
+from pytest_noinherit.recorddir import RecordDirectory, RecordError
 
 __all__ = [
     "DIR_ENV",
@@ -26,18 +29,15 @@ __all__ = [
     "library",
     "parse_record",
     "read_records",
+    "take_file",
 ]
 
 DIR_ENV = "NOINHERIT_PROBE_DIR"
 PRELOAD_ENV = "LD_PRELOAD"
-RECORD_SUFFIX = ".rec"
-RECORD_LIMIT = 1 << 20  # bytes; the probe writes at most 256 KiB
+RECORD_SUFFIX = recorddir.PROBE_SUFFIX
+RECORD_LIMIT = recorddir.SIZE_LIMIT
 _NAME = "libnoinherit-probe.so"
 _MAGIC = b"noinherit-probe 1"
-
-
-class RecordError(ValueError):
-    """A record that is not what the probe writes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,26 +80,29 @@ def library() -> str | None:
     return os.path.join(root, "$LIB", _NAME)
 
 
+# What stands for itself in an escaped field (probe.c, nip_put_escaped); the
+# rest is \xHH.  Checked with translate and a regex: no Python loop per byte.
+_PLAIN = bytes(range(0x21, 0x7F)).replace(b"\\", b"")
+_ESCAPED = re.compile(rb"(?:[\x21-\x5b\x5d-\x7e]+|\\x[0-9a-fA-F]{2})*")
+_SIGNED = rb" (-?[0-9]{1,20})"
+_FD_LINE = re.compile(rb"fd ([0-9]{1,20})" + _SIGNED * 5 + rb" ([^ ]*)")
+_FIELDS = (b"pid", b"ppid", b"time", b"exe", b"argv")
+
+
 def _unescape(text: bytes) -> str:
     """Undo the probe's ``\\xHH`` escaping; the result is a filesystem string."""
-    out = bytearray()
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == 0x5C:  # backslash
-            if text[i + 1 : i + 2] != b"x" or len(text) < i + 4:
-                raise RecordError("bad escape")
-            try:
-                out.append(int(text[i + 2 : i + 4], 16))
-            except ValueError:
-                raise RecordError("bad escape") from None
-            i += 4
-        elif 0x21 <= c <= 0x7E:
-            out.append(c)
-            i += 1
-        else:
+    if b"\\" not in text:
+        if text.translate(None, _PLAIN):
             raise RecordError("unescaped byte")
-    return os.fsdecode(bytes(out))
+        return os.fsdecode(text)
+    if _ESCAPED.fullmatch(text) is None:
+        unescaped = text.translate(None, _PLAIN + b"\\")
+        raise RecordError("unescaped byte" if unescaped else "bad escape")
+    head, *rest = text.split(b"\\")
+    parts = [head]
+    for part in rest:  # each is xHH and then plain bytes, as the regex proved
+        parts += (bytes.fromhex(part[1:3].decode("ascii")), part[3:])
+    return os.fsdecode(b"".join(parts))
 
 
 def _number(word: bytes, signed: bool = False) -> int:
@@ -108,6 +111,19 @@ def _number(word: bytes, signed: bool = False) -> int:
     if not digits.isdigit() or len(digits) > 20:
         raise RecordError(f"not a number: {word[:20]!r}")
     return int(word)
+
+
+def _fd_line(line: bytes) -> ProbeFd:
+    """One ``fd`` line: one regex in the common case, word by word to say what is wrong."""
+    m = _FD_LINE.fullmatch(line)
+    if m is not None:
+        fd, fdfl, flfl, dev, ino, mode = map(int, m.groups()[:6])
+        return ProbeFd(fd, fdfl, flfl, dev, ino, mode, _unescape(m[7]))
+    words = line[3:].split(b" ")
+    if len(words) != 7:
+        raise RecordError("bad fd line")
+    fdfl, flfl, dev, ino, mode = (_number(w, signed=True) for w in words[1:6])
+    return ProbeFd(_number(words[0]), fdfl, flfl, dev, ino, mode, _unescape(words[6]))
 
 
 def parse_record(data: bytes) -> ProbeRecord:
@@ -125,21 +141,17 @@ def parse_record(data: bytes) -> ProbeRecord:
     fds: list[ProbeFd] = []
     truncated = False
     for line in lines[1:-1]:
+        if line[:3] == b"fd ":
+            fds.append(_fd_line(line))
+            continue
         key, _, rest = line.partition(b" ")
-        if key == b"fd":
-            words = rest.split(b" ")
-            if len(words) != 7:
-                raise RecordError("bad fd line")
-            fd = _number(words[0])
-            fdfl, flfl, dev, ino, mode = (_number(w, signed=True) for w in words[1:6])
-            fds.append(ProbeFd(fd, fdfl, flfl, dev, ino, mode, _unescape(words[6])))
-        elif key == b"truncated" and not rest:
+        if key == b"truncated" and not rest:
             truncated = True
-        elif key in (b"pid", b"ppid", b"time", b"exe", b"argv") and key not in fields:
+        elif key in _FIELDS and key not in fields:
             fields[key] = rest
         else:
             raise RecordError(f"unexpected line {line[:40]!r}")
-    missing = {b"pid", b"ppid", b"time", b"exe", b"argv"} - set(fields)
+    missing = set(_FIELDS) - set(fields)
     if missing:
         raise RecordError(f"missing {sorted(m.decode() for m in missing)}")
     # An empty argument is an empty field, so split on single spaces.
@@ -156,46 +168,24 @@ def parse_record(data: bytes) -> ProbeRecord:
     )
 
 
-def read_records(directory: str) -> Iterator[ProbeRecord | RecordError]:
-    """Consume the directory's records, oldest first; a bad one yields its error."""
-    try:
-        names = [n for n in os.listdir(directory) if n.endswith(RECORD_SUFFIX)]
-    except OSError:
-        return
-    for name in sorted(names, key=_record_order):
-        try:
-            yield parse_record(take_file(os.path.join(directory, name)))
-        except RecordError as exc:
-            yield RecordError(f"{name}: {exc}")
-        except OSError as exc:
-            yield RecordError(f"{name}: {exc.strerror}")
+def read_records(directory: str | RecordDirectory) -> Iterator[ProbeRecord | RecordError]:
+    """Consume the directory's probe records, oldest first; a bad one yields its error.
+
+    Every ``.rec`` entry is taken exactly once, whatever it is (see
+    :func:`recorddir.consume`); many bad ones of one kind are summed up.
+    """
+    return recorddir.consume(directory, RECORD_SUFFIX, parse_record)
 
 
 def take_file(path: str) -> bytes:
-    """Read and remove a file another process wrote into our private directory.
+    """Read and remove one entry another process put into our private directory.
 
-    A symlink is refused (O_NOFOLLOW), a FIFO cannot block us (O_NONBLOCK),
-    and more than RECORD_LIMIT bytes is refused: the writer is untrusted.
+    A symlink is refused and never followed, a FIFO is never read, a
+    directory is removed with all it holds, and more than RECORD_LIMIT bytes
+    is refused unread: the writer is untrusted.  RecordError (a ValueError)
+    or OSError says why.
     """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-        try:
-            data = os.read(fd, RECORD_LIMIT + 1)
-        finally:
-            os.close(fd)
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(path)
-    if len(data) > RECORD_LIMIT:
-        raise RecordError(f"larger than {RECORD_LIMIT} bytes")
-    return data
-
-
-def _record_order(name: str) -> tuple[int, str]:
-    """Records are named <pid>-<monotonic ns>.rec: order by time."""
-    stem = name[: -len(RECORD_SUFFIX)]
-    _, _, ns = stem.partition("-")
-    return (int(ns) if ns.isdigit() else 0, name)
+    return recorddir.take_file(path)
 
 
 class ProbeEnvironment:
@@ -207,24 +197,13 @@ class ProbeEnvironment:
         self.active = False
 
     def self_test(self) -> str:
-        """Run one short child under the probe; '' if it works, else why not."""
+        """Run one short child under the probe; '' if it works, else what was found."""
         lib = library()
         if lib is None:
-            return "not built for this platform"
-        with tempfile.TemporaryDirectory(prefix="noinherit-selftest-") as tmp:
-            env = {**os.environ, DIR_ENV: tmp, PRELOAD_ENV: _preload_value(lib)}
-            try:
-                proc = subprocess.run(
-                    ["/bin/true"], env=env, capture_output=True, timeout=30, check=False
-                )
-            except (OSError, subprocess.SubprocessError) as exc:
-                return f"self-test could not run /bin/true: {exc}"
-            if proc.stderr:
-                return f"the loader complained: {proc.stderr.decode(errors='replace').strip()}"
-            records = list(read_records(tmp))
-            if len(records) != 1 or isinstance(records[0], RecordError):
-                return "self-test child wrote no record (statically linked /bin/true?)"
-        return ""
+            return _missing_library()
+        if not os.path.exists(_PROC_FD):
+            return "/proc is not mounted: the probe reads /proc/self/fd and /proc/self/environ"
+        return recorddir.check(self.record_dir) or _run_self_test(lib)
 
     def start(self) -> None:
         """Preload the probe into every child from now on."""
@@ -237,6 +216,25 @@ class ProbeEnvironment:
         os.environ[DIR_ENV] = self.record_dir
         self.active = True
 
+    def hide(self) -> None:
+        """Keep an outer session's probe out of this session's children.
+
+        An in-process inner session (pytester, ``pytest.main`` in a test)
+        that runs without the probe must not let its children write into
+        the outer session's record directory: they are this session's.
+        """
+        if self.active or os.environ.get(DIR_ENV) is None:
+            return
+        for name in (PRELOAD_ENV, DIR_ENV):
+            self._saved[name] = os.environ.get(name)
+        del os.environ[DIR_ENV]
+        user = _preload_value("").split()
+        if user:
+            os.environ[PRELOAD_ENV] = " ".join(user)
+        else:
+            os.environ.pop(PRELOAD_ENV, None)
+        self.active = True
+
     def stop(self) -> None:
         """Put both variables back as they were (absent stays absent)."""
         if not self.active:
@@ -247,6 +245,90 @@ class ProbeEnvironment:
             else:
                 os.environ[name] = value
         self.active = False
+
+
+# Any dynamically linked program will do; this one exists everywhere and
+# does nothing.
+_SELF_TEST = "/bin/true"
+_PROC_FD = "/proc/self/fd"
+
+
+def _missing_library() -> str:
+    """Why library() found nothing, as the installed package shows it."""
+    expected = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_probe", "$LIB", _NAME)
+    if sys.platform.startswith("linux") and not os.path.exists(expected):
+        return (
+            f"the probe library was not built when this package was installed"
+            f" (it needs a C compiler), or not installed with it: no {expected}"
+        )
+    return "not built for this platform"
+
+
+def _run_self_test(lib: str) -> str:
+    """One /bin/true under the probe, in a private directory of its own."""
+    try:
+        directory = RecordDirectory.create()
+    except OSError as exc:
+        return f"no private directory for the self-test: {exc}"
+    try:
+        env = {**os.environ, DIR_ENV: directory.path, PRELOAD_ENV: _preload_value(lib)}
+        try:
+            proc = subprocess.run(
+                [_SELF_TEST], env=env, capture_output=True, timeout=30, check=False
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            return f"self-test could not run {_SELF_TEST}: {exc}"
+        if proc.stderr:
+            return f"the loader complained: {proc.stderr.decode(errors='replace').strip()}"
+        found = [*read_records(directory), *recorddir.sweep(directory, keep=())]
+    finally:
+        directory.remove()
+    return _self_test_verdict(found, proc.returncode)
+
+
+def _self_test_verdict(found: list[ProbeRecord | RecordError], status: int) -> str:
+    """'' for exactly one complete record; otherwise what the child left instead."""
+    records = [r for r in found if isinstance(r, ProbeRecord)]
+    errors = [str(r) for r in found if isinstance(r, RecordError)]
+    if errors:
+        return f"the self-test child's record is unreadable: {'; '.join(errors)}"
+    if len(records) > 1:
+        return (
+            f"the self-test child wrote {len(records)} records, not one"
+            f" (another copy of the probe preloaded?)"
+        )
+    if records and records[0].truncated:
+        return "the self-test child's record says it is incomplete (truncated)"
+    if records:
+        return ""
+    linked = _dynamically_linked(_SELF_TEST)
+    if linked is False:
+        why = f"{_SELF_TEST} is statically linked, so nothing is preloaded into it"
+    else:
+        why = f"{_SELF_TEST} exited with status {status}, the loader printed nothing"
+    return f"self-test child wrote no record: {why}"
+
+
+def _dynamically_linked(path: str) -> bool | None:
+    """Whether an ELF file names a program interpreter (PT_INTERP); None if unreadable."""
+    try:
+        with open(os.path.realpath(path), "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] not in (1, 2):
+                return None
+            wide = head[4] == 2
+            order = "<" if head[5] == 1 else ">"
+            if wide:
+                phoff, phentsize, phnum = struct.unpack_from(order + "Q14xHH", head, 32)
+            else:
+                phoff, phentsize, phnum = struct.unpack_from(order + "I10xHH", head, 28)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+            types = [struct.unpack_from(order + "I", table, i * phentsize)[0] for i in range(phnum)]
+    except (OSError, struct.error):
+        return None
+    pt_interp = 3  # elf(5)
+    return pt_interp in types
 
 
 def _preload_value(lib: str) -> str:

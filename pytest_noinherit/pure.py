@@ -16,7 +16,7 @@ import resource
 import socket
 import sys
 from array import array
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 __all__ = [
     "get_inheritable",
@@ -162,22 +162,95 @@ def target(fd: int) -> str | None:
 
 
 def socket_info(fd: int) -> tuple[int, int, int, object, object] | None:
-    """Family, type, protocol, local and peer address of a socket, or None."""
+    """Family, type, protocol, local and peer address of a socket, or None for a non-socket.
+
+    Mirrors ``nic_socket_info``: only EBADF is an error.  A family or type the
+    system will not tell is -1, a protocol 0, and an address that cannot be
+    read (AF_XDP has none, AF_PACKET no peer) None.
+    """
     fd = _check_fd(fd)
+    # socket.socket() applies socket.getdefaulttimeout() to the descriptor it
+    # wraps, making a blocking socket non-blocking (Modules/socketmodule.c,
+    # init_sockobject); the status flags are put back as they were.
+    status = fcntl.fcntl(fd, fcntl.F_GETFL)
     try:
-        # fileno= borrows the descriptor without a dup; detach() gives it back.
-        sock = socket.socket(fileno=fd)
+        # Explicit arguments: socket(fileno=fd) alone would detect them and
+        # fail on the first getsockname() or getsockopt() refused; this only
+        # checks that fd is an open socket (ENOTSOCK, EBADF).
+        sock = _borrow(fd, socket.AF_UNIX, socket.SOCK_STREAM, 0)
+        if sock is None:
+            return None
+        try:
+            socktype = _sockopt(sock, "SO_TYPE", -1)
+            protocol = _sockopt(sock, "SO_PROTOCOL", 0)
+            family = _sockopt(sock, "SO_DOMAIN", -1)
+        finally:
+            sock.detach()
+        if family < 0:
+            family = _detected_family(fd)
+        if family < 0:
+            return (family, socktype, protocol, None, None)
+        # The address buffer CPython offers is sized by the object's family
+        # (getsockaddrlen), so the addresses are read through one of the
+        # socket's own family.
+        sock = _borrow(fd, family, socktype if socktype >= 0 else socket.SOCK_STREAM, protocol)
+        if sock is None:  # pragma: no cover - it was a socket a moment ago
+            return None
+        try:
+            local = _address(sock.getsockname)
+            peer = _address(sock.getpeername)
+        finally:
+            sock.detach()
+        return (family, socktype, protocol, local, peer)
+    finally:
+        if fcntl.fcntl(fd, fcntl.F_GETFL) != status:
+            fcntl.fcntl(fd, fcntl.F_SETFL, status)
+
+
+def _borrow(fd: int, family: int, socktype: int, protocol: int) -> socket.socket | None:
+    """A socket object for fd that does not own it (detach() gives it back), or None."""
+    try:
+        return socket.socket(family, socktype, protocol, fileno=fd)
     except OSError as exc:
         if exc.errno == errno.ENOTSOCK:
             return None
         raise
+
+
+def _sockopt(sock: socket.socket, name: str, unknown: int) -> int:
+    """An integer SOL_SOCKET option, or unknown where it is missing or refused."""
+    option = getattr(socket, name, None)
+    if option is None:
+        return unknown
     try:
-        local = sock.getsockname()
-        try:
-            peer: object = sock.getpeername()
-        except OSError:
-            peer = None
-        return (int(sock.family), int(sock.type), sock.proto, local, peer)
+        return sock.getsockopt(socket.SOL_SOCKET, option)
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            raise
+        return unknown
+
+
+def _address(call: Callable[[], object]) -> object:
+    """getsockname() or getpeername(), or None when there is no address to read."""
+    try:
+        return call()
+    except OSError as exc:
+        # EOPNOTSUPP, ENOTCONN, a refusal, or CPython's "bad family" (no errno)
+        if exc.errno == errno.EBADF:
+            raise
+        return None
+
+
+def _detected_family(fd: int) -> int:
+    """The family CPython detects (getsockname()'s sa_family where SO_DOMAIN is missing)."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        if exc.errno == errno.EBADF:
+            raise
+        return -1
+    try:
+        return int(sock.family)
     finally:
         sock.detach()
 

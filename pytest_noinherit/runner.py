@@ -3,7 +3,8 @@
 Runs the command with the probe preloaded and prints, for every process it
 exec'd (the command, its children, their children), the descriptors it
 received beyond stdio and where each came from.  Exit status: 1 when any
-process received one, else the command's own status.
+process received one, else the command's own status, but never 0 when a
+record could not be read or was incomplete (a process nobody saw whole).
 """
 
 from __future__ import annotations
@@ -12,14 +13,12 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from pytest_noinherit import fdtable, probe
+from pytest_noinherit import fdtable, probe, recorddir
 
 __all__ = ["main"]
 
@@ -90,9 +89,17 @@ def run(command: Sequence[str], as_json: bool) -> int:
     if lib is None:
         print("pytest_noinherit run: the exec probe is not built for this system", file=sys.stderr)
         return 2
-    record_dir = tempfile.mkdtemp(prefix="noinherit-run-")
+    try:
+        record_dir = recorddir.create()
+    except OSError as exc:
+        print(f"pytest_noinherit run: no private record directory: {exc}", file=sys.stderr)
+        return 2
     env = probe.ProbeEnvironment(record_dir)
     try:
+        problem = recorddir.check(record_dir)
+        if problem:
+            print(f"pytest_noinherit run: {problem}", file=sys.stderr)
+            return 2
         env.start()
         try:
             # close_fds=False: the command gets exactly what it would get if
@@ -103,9 +110,19 @@ def run(command: Sequence[str], as_json: bool) -> int:
             return 127
         finally:
             env.stop()
-        records = [r for r in probe.read_records(record_dir) if isinstance(r, probe.ProbeRecord)]
+        found = [*probe.read_records(record_dir), *recorddir.sweep(record_dir, keep=())]
     finally:
-        shutil.rmtree(record_dir, ignore_errors=True)
+        recorddir.remove(record_dir)
+    records = [r for r in found if isinstance(r, probe.ProbeRecord)]
+    # A record that cannot be read, or that says it is incomplete, is a
+    # process whose descriptors nobody saw: the run cannot be called clean.
+    problems = [f"record ignored: {r}" for r in found if isinstance(r, probe.RecordError)]
+    problems += [
+        f"pid {r.pid} [{' '.join(r.argv)}]: record incomplete (truncated), more descriptors"
+        " than shown"
+        for r in records
+        if r.truncated
+    ]
     traced = _origins(records, os.getpid())
     leaks = [(rec, got) for rec, got in traced if got]
     try:
@@ -114,9 +131,14 @@ def run(command: Sequence[str], as_json: bool) -> int:
             print()
         else:
             _print(traced, leaks)
+        for line in problems:
+            print(f"noinherit: {line}", file=sys.stderr)
     except BrokenPipeError:  # | head
         sys.stderr.close()
-    return 1 if leaks else status
+    if leaks:
+        return 1
+    # A failing command keeps its own status; a passing one is not clean.
+    return status or (1 if problems else 0)
 
 
 def _json(rec: probe.ProbeRecord, got: list[Received]) -> dict[str, Any]:

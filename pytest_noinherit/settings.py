@@ -6,10 +6,10 @@ Precedence: ini < command line; markers refine per test (see allowances).
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import pytest
 
+from pytest_noinherit import report
 from pytest_noinherit.allowances import Allowance, parse_ini_allowance
 
 STRICT_HELP = "also fail tests that leave inheritable descriptors open after they end (the CI flag)"
@@ -17,6 +17,10 @@ REPORT_HELP = "write every finding as JSON to this path"
 ALLOW_HELP = "project-wide allowances, one per line: a descriptor number, kind=KIND or path=GLOB"
 PROBE_HELP = "exec probe: on, off or auto (auto = on in strict mode only)"
 PATCH_HELP = "patch the stdlib descriptor creators to PEP 446 semantics for the session"
+LEAKS_HELP = (
+    "also warn (DescriptorLeakWarning) about every descriptor a test or a fixture leaves open,"
+    " inheritable or not"
+)
 PROBE_MODES = ("on", "off", "auto")
 
 
@@ -29,6 +33,7 @@ class Settings:
     allowances: tuple[Allowance, ...]
     probe: str
     patch: bool
+    leaks: bool = False
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -45,11 +50,13 @@ def add_options(parser: pytest.Parser) -> None:
     )
     group.addoption("--noinherit-probe", metavar="MODE", default=None, help=PROBE_HELP)
     group.addoption("--noinherit-patch", action="store_true", default=None, help=PATCH_HELP)
+    group.addoption("--noinherit-leaks", action="store_true", default=None, help=LEAKS_HELP)
     parser.addini("noinherit_strict", STRICT_HELP, type="bool", default=False)
     parser.addini("noinherit_allow", ALLOW_HELP, type="linelist", default=[])
     parser.addini("noinherit_report", REPORT_HELP, default="")
     parser.addini("noinherit_probe", PROBE_HELP, default="auto")
     parser.addini("noinherit_patch", PATCH_HELP, type="bool", default=False)
+    parser.addini("noinherit_leaks", LEAKS_HELP, type="bool", default=False)
 
 
 def resolve(config: pytest.Config) -> Settings:
@@ -60,6 +67,9 @@ def resolve(config: pytest.Config) -> Settings:
     patch = config.getoption("noinherit_patch")
     if patch is None:
         patch = _ini_bool(config, "noinherit_patch")
+    leaks = config.getoption("noinherit_leaks")
+    if leaks is None:
+        leaks = _ini_bool(config, "noinherit_leaks")
     probe = config.getoption("noinherit_probe")
     source = "--noinherit-probe"
     if probe is None:
@@ -79,15 +89,19 @@ def resolve(config: pytest.Config) -> Settings:
                 allowances.append(parse_ini_allowance(line, source))
             except ValueError as exc:
                 raise pytest.UsageError(f"{source}: {exc}") from None
-    report_path = config.getoption("noinherit_report") or str(config.getini("noinherit_report"))
+    report_path = config.getoption("noinherit_report")
+    report_source = "--noinherit-report"
+    if not report_path:
+        report_path, report_source = str(config.getini("noinherit_report")), "ini noinherit_report"
     if report_path:
-        _check_writable(report_path)
+        _check_writable(report_path, report_source)
     return Settings(
         strict=bool(strict),
         report_path=report_path,
         allowances=tuple(allowances),
         probe=probe,
         patch=bool(patch),
+        leaks=bool(leaks),
     )
 
 
@@ -98,18 +112,9 @@ def _ini_bool(config: pytest.Config, name: str) -> bool:
         raise pytest.UsageError(f"ini {name}: {exc}") from None
 
 
-def _check_writable(path: str) -> None:
+def _check_writable(path: str, source: str) -> None:
     """Refuse a report path before the run rather than after it."""
-    target = os.path.abspath(path)
-    folder = os.path.dirname(target)
-    problem = (
-        "it is a directory"
-        if os.path.isdir(target)
-        else f"no directory {folder}"
-        if not os.path.isdir(folder)
-        else f"{folder} is not writable"
-        if not os.access(folder, os.W_OK)
-        else ""
-    )
-    if problem:
-        raise pytest.UsageError(f"--noinherit-report: cannot write {path}: {problem}")
+    try:
+        report.check_destination(path)
+    except report.ReportError as exc:
+        raise pytest.UsageError(f"{source}: {exc}") from None

@@ -27,7 +27,8 @@ from typing import Any, Callable, Protocol
 
 from pytest_noinherit import fdtable, windows
 from pytest_noinherit.fdtable import FdTable
-from pytest_noinherit.spawns import OBSERVED, PREDICTED, Spawn, SpawnTracker, _argv, _audit
+from pytest_noinherit.receptions import OBSERVED, PREDICTED, Spawn, argv_of
+from pytest_noinherit.spawns import SpawnTracker, _audit
 
 #: The ``hint`` of each route: what the caller can change (findings.fix_for).
 POPEN_HINT = "close_fds=False"
@@ -182,7 +183,7 @@ class WindowsSpawnTracker(SpawnTracker):
         candidates = self._undeclared((e for e in table if e.fd in given), rules.declared)
         if candidates:
             descs = tuple(map(self.describe, candidates))
-            self._add(Spawn(route, pid, _argv(argv), how, descs, rules.hint))
+            self._add(Spawn(route, pid, argv_of(argv), how, descs, rules.hint))
 
     # -- audit events -----------------------------------------------------------
 

@@ -161,7 +161,7 @@ def test_noinherit_fixture_allows_numbers_files_and_sockets(fdkit: pytest.Pytest
     result.stdout.fnmatch_lines(
         [
             "*_ test_file_allowance_does_not_cover_the_next_file_at_that_number _*",
-            "noinherit: 1 descriptor nobody allowed",
+            "noinherit: 1 descriptor nobody declared or allowed reached a child",
             "  fd * (pipe: *) leaked into *",
         ]
     )
@@ -375,7 +375,7 @@ def test_bad_marker_arguments_are_named_errors(fdkit: pytest.Pytester) -> None:
     result.stdout.fnmatch_lines_random(
         [
             "noinherit: bad @pytest.mark.allow_inherit on *::test_string:"
-            " descriptor numbers must be integers, not '3'",
+            " descriptor numbers must be integers, not '3'; did you mean 3?",
             "noinherit: bad @pytest.mark.allow_inherit on *::test_negative:"
             " descriptor numbers cannot be negative: -1",
             "noinherit: bad @pytest.mark.allow_inherit on *::test_float:"

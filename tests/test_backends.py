@@ -7,6 +7,7 @@ import ctypes
 import errno
 import os
 import select
+import shutil
 import socket
 import subprocess
 import sys
@@ -359,3 +360,180 @@ def test_seal_fallback_loop_matches_close_range() -> None:
         assert not results[1]["unix"]
     with pytest.raises(ValueError, match="unknown seal method"):
         native.seal(3, (), method="bogus")
+
+
+# -- describe() of whatever is open --------------------------------------------
+
+
+def _packet_socket(kind: int = socket.SOCK_DGRAM) -> socket.socket:
+    """An AF_PACKET socket (protocol 0: it receives nothing), or a skip without CAP_NET_RAW."""
+    if not hasattr(socket, "AF_PACKET"):
+        pytest.skip("no AF_PACKET on this platform")
+    try:
+        return socket.socket(socket.AF_PACKET, kind, 0)
+    except PermissionError:
+        pytest.skip("AF_PACKET needs root or CAP_NET_RAW")
+
+
+def test_describe_packet_socket(impl: ModuleType) -> None:
+    """An AF_PACKET socket (getpeername: EOPNOTSUPP) describes with its interface and protocol."""
+    with _packet_socket() as unbound:
+        d = _describe(impl, unbound.fileno())
+        assert (d.kind, d.family, d.socktype) == ("socket", "AF_PACKET", "SOCK_DGRAM")
+        assert (d.local, d.peer) == ("*,proto=0x0000", None)
+    with _packet_socket(socket.SOCK_RAW) as bound:
+        bound.bind(("lo", 0x88CC))  # an ethertype above 0x7fff: CPython reads it signed
+        d = _describe(impl, bound.fileno())
+        assert d.local == "lo,proto=0x88cc,hw=00:00:00:00:00:00"
+        assert str(d) == "AF_PACKET/SOCK_RAW lo,proto=0x88cc,hw=00:00:00:00:00:00"
+
+
+def test_describe_netlink_socket(impl: ModuleType) -> None:
+    """An AF_NETLINK socket shows its port id and groups as text, never raw NUL bytes."""
+    if not hasattr(socket, "AF_NETLINK"):
+        pytest.skip("no AF_NETLINK on this platform")
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) as sock:
+        sock.bind((0, 1))  # the kernel assigns the port id
+        pid = sock.getsockname()[0]
+        d = _describe(impl, sock.fileno())
+        assert (d.family, d.socktype) == ("AF_NETLINK", "SOCK_RAW")
+        assert d.local == f"pid={pid},groups=0x1"
+        assert d.peer == "pid=0,groups=0x0"  # the kernel
+        assert str(d).isprintable()
+
+
+def test_describe_abstract_unix_socket_with_odd_bytes(impl: ModuleType) -> None:
+    """An abstract unix name reads '@name', its NUL, control and undecodable bytes escaped."""
+    name = b"\0noinherit\0odd\n\xff-%d" % os.getpid()
+    with socket.socket(socket.AF_UNIX) as server:
+        server.bind(name)
+        server.listen()
+        with socket.socket(socket.AF_UNIX) as client:
+            client.connect(name)
+            expected = f"@noinherit\\x00odd\\x0a\\xff-{os.getpid()}"
+            assert _describe(impl, server.fileno()).local == expected
+            d = _describe(impl, client.fileno())
+            assert (d.local, d.peer) == (None, expected)
+            assert str(d) == f"AF_UNIX/SOCK_STREAM (unbound) -> {expected}"
+
+
+def test_describe_unnamed_socketpair(impl: ModuleType) -> None:
+    """Both ends of a socketpair describe as unnamed, with no address on either side."""
+    a, b = socket.socketpair()
+    with a, b:
+        d = _describe(impl, a.fileno())
+        assert (d.family, d.socktype, d.local, d.peer) == ("AF_UNIX", "SOCK_STREAM", None, None)
+        assert str(d) == "AF_UNIX/SOCK_STREAM (unbound)"
+
+
+def test_describe_socket_without_addresses(impl: ModuleType) -> None:
+    """A family whose getsockname fails (AF_XDP: EOPNOTSUPP) still gives family and type."""
+    try:
+        sock = socket.socket(44, socket.SOCK_RAW)  # AF_XDP, Linux >= 4.18
+    except OSError:
+        pytest.skip("no AF_XDP here")
+    with sock:
+        d = _describe(impl, sock.fileno())
+        assert (d.kind, d.family, d.socktype, d.local, d.peer) == (
+            "socket",
+            "AF_XDP" if hasattr(socket, "AF_XDP") else "AF_44",
+            "SOCK_RAW",
+            None,
+            None,
+        )
+
+
+def test_describe_keeps_a_socket_blocking(impl: ModuleType) -> None:
+    """describe() leaves a socket's O_NONBLOCK alone, even with a default socket timeout set."""
+    import fcntl
+
+    a, b = socket.socketpair()
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(5)
+    try:
+        with a, b:
+            a.setblocking(True)
+            _describe(impl, a.fileno())
+            assert not fcntl.fcntl(a.fileno(), fcntl.F_GETFL) & os.O_NONBLOCK
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def test_describe_target_is_printable(impl: ModuleType) -> None:
+    """A path with a newline, a tab and an undecodable byte is escaped, \\xHH like the probe."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(os.fsencode(tmp), b"a\nb\tc\xff")
+        fd = os.open(path, os.O_CREAT | os.O_RDWR)
+        try:
+            d = _describe(impl, fd)
+            assert d.target == os.path.join(tmp, "a\\x0ab\\x09c\\xff")
+            assert (d.kind, d.deleted) == ("file", False)
+        finally:
+            os.close(fd)
+
+
+def _deep_directory(root: str, length: int) -> int:
+    """A directory descriptor whose absolute path is exactly length bytes long.
+
+    Made one component at a time relative to the previous directory's
+    descriptor, since no path of that length may be passed to the kernel.
+    """
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    remaining = length - len(os.fsencode(root))
+    while remaining > 0:
+        step = min(201, remaining)  # "/" and up to 200 name bytes
+        if remaining - step == 1:
+            step -= 1  # never leave a lone "/" for the last component
+        name = "d" * (step - 1)
+        os.mkdir(name, dir_fd=fd)
+        deeper = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = deeper
+        remaining -= step
+    return fd
+
+
+def test_describe_deep_path(impl: ModuleType) -> None:
+    """A 4095-byte path is read whole; a 4096-byte one (past PATH_MAX) says so, never raises."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = os.path.realpath(tmp)
+        whole = _deep_directory(root, 4095)
+        try:
+            d = _describe(impl, whole)
+            assert d.kind == "dir"
+            assert d.target is not None
+            assert len(d.target) == 4095
+            assert d.target.startswith(root + "/ddd")
+        finally:
+            os.close(whole)
+        shutil.rmtree(os.path.join(root, os.listdir(root)[0]))
+        too_long = _deep_directory(root, 4096)
+        try:
+            with pytest.raises(OSError) as info:
+                impl.target(too_long)  # the backend reports what readlink says
+            assert info.value.errno == errno.ENAMETOOLONG
+            d = _describe(impl, too_long)
+            assert (d.kind, d.target, d.deleted) == ("dir", fdtable.LONG_PATH, False)
+            assert str(d) == fdtable.LONG_PATH
+        finally:
+            os.close(too_long)
+
+
+def test_describe_leaves_the_table_as_it_was(impl: ModuleType) -> None:
+    """snapshot() and describe() of every kind leave no descriptor of their own behind."""
+    with zoo() as fds:
+        before = reference_rows()
+        impl.snapshot()
+        for fd in fds.values():
+            _describe(impl, fd)
+        assert reference_rows() == before
+
+
+def test_describe_closed_descriptor_raises_ebadf(impl: ModuleType) -> None:
+    """describe() of a closed descriptor raises EBADF: the one error it has."""
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(OSError) as info:
+        _describe(impl, r)
+    assert info.value.errno == errno.EBADF

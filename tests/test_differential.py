@@ -18,6 +18,7 @@ is bounded and a failure replays the same way everywhere.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import resource
 import select
@@ -91,6 +92,25 @@ KINDS = [
 ]
 if hasattr(os, "eventfd"):  # 3.10+
     KINDS.append("eventfd")
+
+
+def _can_open(family: int, kind: int) -> bool:
+    """Whether this kernel and these privileges allow a socket of family and kind."""
+    try:
+        socket.socket(family, kind, 0).close()
+    except OSError:
+        return False
+    return True
+
+
+# Families whose addresses the backends decode by hand (netlink, packet) or
+# cannot read at all (AF_XDP: getsockname is EOPNOTSUPP).
+AF_XDP = 44
+KINDS.append("netlink")
+if _can_open(socket.AF_PACKET, socket.SOCK_DGRAM):  # root or CAP_NET_RAW
+    KINDS.append("packet")
+if _can_open(AF_XDP, socket.SOCK_RAW):
+    KINDS.append("xdp")
 BACKENDS = {"native": native, "pure": pure}
 
 
@@ -109,6 +129,25 @@ def backend_for_describe(impl: ModuleType) -> Iterator[None]:
         yield
     finally:
         fdtable._choice = original
+
+
+def _slot_is_free(fd: int, source: int) -> bool:
+    """Whether descriptor number fd is neither open nor reserved by another thread.
+
+    A thread blocked in accept(2) holds the number it will return: Linux
+    reserves it (get_unused_fd_flags) before waiting and installs the file
+    only when a connection arrives (__sys_accept4_file).  No listing shows a
+    reserved number, F_GETFD says EBADF, yet dup2 onto it fails with EBUSY
+    (fs/file.c, do_dup2).  pytest-rerunfailures keeps such a thread in every
+    process where xdist is installed but not in use (its status server), so
+    in a plain run the lowest free number -- often max(before) + 1, the first
+    dup2 target -- was taken, depending on what pytest had open when that
+    thread started.  F_DUPFD gives the lowest number >= fd that is neither
+    open nor reserved, and never replaces anything (source: any open descriptor).
+    """
+    probe = fcntl.fcntl(source, fcntl.F_DUPFD_CLOEXEC, fd)
+    os.close(probe)
+    return probe == fd
 
 
 def child_listing(output: str) -> dict[int, tuple[int, int]]:
@@ -144,7 +183,8 @@ class DescriptorMachine(RuleBasedStateMachine):
         soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
         high = max(self.before) + 1
         candidates = [high + i for i in range(6)] + [1023, 1024, 1025, 4095]
-        self.targets = sorted({t for t in candidates if t < soft and t not in self.before})
+        source = min(self.before)
+        self.targets = sorted(t for t in set(candidates) if t < soft and _slot_is_free(t, source))
         start = FdTable(pure.snapshot())
         self.baseline_inheritable = {e.fd for e in start.inheritable() if e.fd >= 3}
         self.baseline_keys = start.keys()
@@ -213,7 +253,7 @@ class DescriptorMachine(RuleBasedStateMachine):
             return list(os.openpty())
         return [self._socket(kind)]
 
-    def _socket(self, kind: str) -> int:
+    def _socket(self, kind: str) -> int:  # noqa: PLR0911 - one branch per kind
         if kind == "tcp":
             return socket.socket().detach()
         if kind == "tcp6":
@@ -223,11 +263,20 @@ class DescriptorMachine(RuleBasedStateMachine):
             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             s.bind(("127.0.0.1", 0))
             return s.detach()
+        if kind == "netlink":
+            s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+            s.bind((0, 0))
+            return s.detach()
+        if kind == "packet":  # protocol 0: receives nothing
+            return socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0).detach()
+        if kind == "xdp":
+            return socket.socket(AF_XDP, socket.SOCK_RAW, 0).detach()
         s = socket.socket(socket.AF_UNIX)
         if kind == "unix_path":
             s.bind(self._path("s.sock"))
         else:  # abstract namespace: the name starts with a NUL byte
-            s.bind(f"\0noinherit-diff-{os.getpid()}-{self.counter}".encode())
+            # with bytes a report must escape: NUL, newline, not UTF-8
+            s.bind(b"\0noinherit-diff\0\n\xff-%d-%d" % (os.getpid(), self.counter))
             self.counter += 1
         return s.detach()
 
@@ -444,12 +493,15 @@ class DescriptorMachine(RuleBasedStateMachine):
 
     @invariant()
     def details_agree(self) -> None:
-        """fdtable.describe() gives the same kind, target and addresses with either backend."""
+        """fdtable.describe() gives the same printable kind, target and addresses either way."""
         found = {}
         for impl in (native, pure):
             with backend_for_describe(impl):
                 found[impl.__name__] = {fd: fdtable.describe(fd) for fd in self.own}
         assert found[native.__name__] == found[pure.__name__]
+        for details in found[pure.__name__].values():
+            assert str(details).isprintable(), details
+            assert all(v is None or v.isprintable() for v in (details.target, details.local))
 
     def teardown(self) -> None:
         for fd in self.own:

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -458,3 +459,99 @@ def test_runner_without_a_probe(
     monkeypatch.setattr(runner.probe, "library", lambda: None)
     assert runner.run(["/bin/true"], as_json=False) == 2
     assert "not built for this system" in capsys.readouterr().err
+
+
+def test_printable_escapes_what_a_terminal_would_act_on() -> None:
+    """printable(): control characters, undecodable bytes and invisible ones become escapes."""
+    assert fdtable.printable("/tmp/plain path é") == "/tmp/plain path é"
+    assert fdtable.printable("a\0b\nc\x7f") == "a\\x00b\\x0ac\\x7f"
+    assert fdtable.printable(os.fsdecode(b"x\xff")) == "x\\xff"
+    assert fdtable.printable("zero\u200bwidth\U000e0001") == "zero\\u200bwidth\\U000e0001"
+
+
+def test_format_address_of_odd_families() -> None:
+    """Netlink and packet addresses read as text; an abstract name's bytes are escaped."""
+    assert fdtable._format_address((42, 5), socket.AF_NETLINK) == "pid=42,groups=0x5"
+    packet = ("eth\n0", -30516, 0, 1, b"\x02\x00\x00\x00\x00\x01")
+    assert fdtable._format_address(packet, socket.AF_PACKET) == (
+        "eth\\x0a0,proto=0x88cc,hw=02:00:00:00:00:01"
+    )
+    assert fdtable._format_address(b"\0a\0b") == "@a\\x00b"
+    netlink = struct.pack("=HHII", socket.AF_NETLINK, 0, 42, 5)
+    assert fdtable._decode_sockaddr(socket.AF_NETLINK, netlink) == (42, 5)
+
+
+def test_pure_socket_info_when_getsockopt_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A socket whose getsockopt and getsockname are refused (EACCES) still describes."""
+
+    def refused(*args: object) -> object:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    a, b = socket.socketpair()
+    with a, b:
+        monkeypatch.setattr(socket.socket, "getsockopt", refused)
+        monkeypatch.setattr(socket.socket, "getsockname", refused)
+        monkeypatch.setattr(socket.socket, "getpeername", refused)
+        family, socktype, proto, local, peer = pure.socket_info(a.fileno())
+        # the family as CPython detects it; nothing else can be read
+        assert (family, socktype, proto, local, peer) == (socket.AF_UNIX, -1, 0, None, None)
+        monkeypatch.setattr(fdtable, "_choice", lambda: (pure, "python", "test"))
+        d = fdtable.describe(a.fileno())
+        assert (d.family, d.socktype, d.local, d.peer) == ("AF_UNIX", "SOCK_UNKNOWN", None, None)
+
+
+EXHAUST = """
+import errno, json, os, resource, socket
+import pytest_noinherit as p
+{before}
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))
+opened = []
+try:
+    while True:
+        opened.append(os.open(os.devnull, os.O_RDONLY))
+except OSError as exc:
+    assert exc.errno == errno.EMFILE, exc
+try:
+    result = [str(p.describe(fd)) for fd in mine] + [len(p.snapshot())]
+except p.BackendError as exc:
+    result = str(exc)
+for fd in opened:
+    os.close(fd)
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.parametrize("backend", ["python", "native"])
+def test_describe_with_the_table_full(backend: str) -> None:
+    """With no descriptor left (EMFILE), describe() and snapshot() still answer."""
+    if backend == "native" and native is None:
+        pytest.skip("native core not built")
+    setup = """
+p.snapshot()  # the backend is loaded while descriptors remain
+pair = socket.socketpair()
+server = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0)
+r, w = os.pipe()
+mine = [pair[0].fileno(), server.fileno(), r]
+"""
+    out = child(EXHAUST.format(before=setup), env={"PYTEST_NOINHERIT_BACKEND": backend})
+    assert isinstance(out, list)
+    assert out[0] == "AF_UNIX/SOCK_STREAM (unbound)"
+    assert out[1].startswith("AF_NETLINK/SOCK_RAW pid=")
+    assert out[2].startswith("pipe:[")
+    assert out[3] >= 128
+
+
+@pytest.mark.parametrize("backend", ["auto", "python", "native"])
+def test_backend_cannot_load_with_the_table_full(backend: str) -> None:
+    """A backend first needed when no descriptor is left fails with a BackendError that says why."""
+    if backend == "native" and native is None:
+        pytest.skip("native core not built")
+    out = child(EXHAUST.format(before="mine = []"), env={"PYTEST_NOINHERIT_BACKEND": backend})
+    assert isinstance(out, str)
+    assert out.startswith("cannot load the ")
+    assert os.strerror(errno.EMFILE) in out
+    assert out.endswith(
+        "(the descriptor table is full: take the first snapshot before it"
+        " fills up, or raise RLIMIT_NOFILE)"
+    )

@@ -33,15 +33,15 @@ def test_port_busy(pytester: pytest.Pytester) -> None:
             "port_busy/test_port_fixed.py .*",
             "port_busy/test_port_leaky.py F*",
             "*_ test_restart_fails_while_helper_runs _*",
-            "noinherit: 1 descriptor nobody allowed",
+            "noinherit: 1 descriptor nobody declared or allowed reached a child",
             "  fd * (socket: AF_INET/SOCK_STREAM 127.0.0.1:*) leaked into pid * ?sleep 5?"
             " via subprocess.Popen, observed in the child",
             # Printed only after the test's own EADDRINUSE assertion held.
             "*- Captured stdout call -*",
             "restart on port * refused: *Address already in use",
             "*= noinherit summary =*",
-            "VIOLATION port_busy/test_port_leaky.py::test_restart_fails_while_helper_runs (call):"
-            " fd * (socket: AF_INET/SOCK_STREAM 127.0.0.1:*)",
+            "VIOLATION fd * (socket: AF_INET/SOCK_STREAM 127.0.0.1:*) reached a child of"
+            " port_busy/test_port_leaky.py::test_restart_fails_while_helper_runs (call)",
         ]
     )
     # The failure is the plugin's verdict, not an exception from the test body.
@@ -58,10 +58,10 @@ def test_pipe_eof(pytester: pytest.Pytester) -> None:
             "pipe_eof/test_pipe_fixed.py .*",
             "pipe_eof/test_pipe_leaky.py F*",
             "*_ test_sort_never_sees_eof _*",
-            "noinherit: 1 descriptor nobody allowed",
+            "noinherit: 1 descriptor nobody declared or allowed reached a child",
             "  fd * (pipe: pipe:*) leaked into pid * ?sort? via subprocess.Popen, observed *",
             "*- Captured noinherit call -*",
-            "  fix:   keep close_fds=True and pass it explicitly with pass_fds=(*,)*",
+            "  fix:   keep close_fds=True and hand it over with pass_fds; *",
         ]
     )
     # pytest.raises(TimeoutExpired) held: the hang was real and contained.
@@ -77,10 +77,10 @@ def test_c_library_fd(pytester: pytest.Pytester) -> None:
             "c_library_fd/test_c_open_fixed.py ..*",
             "c_library_fd/test_c_open_leaky.py F*",
             "*_ test_shell_command_can_read_the_key _*",
-            "noinherit: 1 descriptor nobody allowed",
+            "noinherit: 1 descriptor nobody declared or allowed reached a child",
             "  fd * (file: */api.key) leaked into a child"
             " ?/bin/sh -c ls -l /proc/self/fd/ > listing? via os.system, *",
-            "  fix:   start the child with subprocess and pass_fds=(*,)*",
+            "  fix:   start the child with subprocess and hand it over with pass_fds; *",
         ]
     )
     # The shell really held the key file: the test's own assertion about it passed.

@@ -404,3 +404,47 @@ def test_socket_info_not_a_socket(zoo: dict[str, int]) -> None:
 def test_platform_is_linux() -> None:
     """The Linux build reports the linux backend."""
     assert native.platform() == "linux"
+
+
+def test_socket_info_without_peer_support() -> None:
+    """AF_PACKET's getpeername fails with EOPNOTSUPP: no peer, not an error."""
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_DGRAM, 0)
+    except PermissionError:
+        pytest.skip("AF_PACKET needs root or CAP_NET_RAW")
+    with sock:
+        info = native.socket_info(sock.fileno())
+        assert info is not None
+        assert info[:2] == (socket.AF_PACKET, socket.SOCK_DGRAM)
+        assert struct.unpack_from("H", info[3])[0] == socket.AF_PACKET
+        assert info[4] == b""
+
+
+def test_socket_info_without_any_address() -> None:
+    """AF_XDP's getsockname fails with EOPNOTSUPP: family and type, no addresses."""
+    try:
+        sock = socket.socket(44, socket.SOCK_RAW)  # AF_XDP
+    except OSError:
+        pytest.skip("no AF_XDP here")
+    with sock:
+        assert native.socket_info(sock.fileno()) == (44, socket.SOCK_RAW, 0, b"", b"")
+
+
+def test_target_of_a_path_filling_the_first_buffer(tmp_path: Path) -> None:
+    """A target as long as PATH_MAX allows (4095 bytes) comes back whole, not cut short."""
+    root = str(tmp_path.resolve())
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        while len(root) < 4095:
+            name = "d" * min(200, 4095 - len(root) - 1)
+            if 4095 - len(root) - 1 - len(name) == 1:
+                name = name[:-1]
+            os.mkdir(name, dir_fd=fd)
+            deeper = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+            root += "/" + name
+        assert len(root) == 4095
+        assert native.target(fd) == root
+    finally:
+        os.close(fd)

@@ -152,22 +152,22 @@ def test_violation_is_reported_in_the_phase_it_happened(fdkit: pytest.Pytester) 
     result.stdout.fnmatch_lines(
         [
             "*_ ERROR at setup of test_setup _*",
-            "noinherit: 1 descriptor nobody allowed",
+            "noinherit: 1 descriptor nobody declared or allowed reached a child",
             "  fd 50 (pipe: *) leaked into *",
             "*Captured noinherit setup*",
             "*_ ERROR at teardown of test_teardown _*",
-            "noinherit: 1 descriptor nobody allowed",
+            "noinherit: 1 descriptor nobody declared or allowed reached a child",
             "  fd 51 (pipe: *) leaked into *",
             "*Captured noinherit teardown*",
             "*noinherit summary*",
-            "VIOLATION *::test_setup (setup): fd 50 (pipe: *)",
-            "VIOLATION *::test_teardown (teardown): fd 51 (pipe: *)",
+            "VIOLATION fd 50 (pipe: *) reached a child of *::test_setup (setup)",
+            "VIOLATION fd 51 (pipe: *) reached a child of *::test_teardown (teardown)",
         ]
     )
 
 
 def test_own_failure_wins_and_the_violation_is_still_shown(fdkit: pytest.Pytester) -> None:
-    """A test's own AssertionError is its failure; the violation appears beside it, not instead."""
+    """A test's own AssertionError is its failure; the violation errors its teardown beside it."""
     fdkit.makepyfile(
         """
         from fdkit import inheritable_pipe, spawn
@@ -179,23 +179,63 @@ def test_own_failure_wins_and_the_violation_is_still_shown(fdkit: pytest.Pyteste
         """
     )
     result = fdkit.runpytest("-p", "noinherit")
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(failed=1, errors=1)
     result.stdout.fnmatch_lines(
         [
+            "*_ ERROR at teardown of test_fails_on_its_own _*",
+            "noinherit: 1 descriptor nobody declared or allowed reached a child",
+            "  (in call) fd 50 (pipe: *) leaked into pid * ?/bin/sleep 0.02? via"
+            " subprocess.Popen, *",
+            "*_ test_fails_on_its_own _*",
             "E * AssertionError: the test's own failure",
             "*Captured noinherit call*",
             "fd 50 (pipe: *)",
             "  child: pid * ?/bin/sleep 0.02? via subprocess.Popen, *",
-            "  fix:   keep close_fds=True and pass it explicitly with pass_fds=(50,);*",
+            "  fix:   keep close_fds=True and hand it over with pass_fds; *",
             "*noinherit summary*",
-            "VIOLATION *::test_fails_on_its_own (call): fd 50 (pipe: *)",
-            "FAILED *::test_fails_on_its_own*",
+            "VIOLATION fd 50 (pipe: *) reached a child of *::test_fails_on_its_own (call)",
         ]
     )
+    result.stdout.fnmatch_lines(["FAILED *::test_fails_on_its_own*"])
 
 
-def test_violation_is_blamed_once_not_on_the_next_test(fdkit: pytest.Pytester) -> None:
-    """test_a leaks an fd into a child and keeps it open; test_b's child gets it and passes."""
+def test_violation_in_a_later_test_is_not_used_up(fdkit: pytest.Pytester) -> None:
+    """test_a leaves an fd inheritable and spawns nothing; test_b's child receives it and fails."""
+    fdkit.makepyfile(
+        """
+        import os, subprocess
+
+        KEEP = []
+
+        def test_a_opens_and_forgets():
+            r, w = os.pipe()
+            os.set_inheritable(w, True)
+            KEEP.append((r, w))
+
+        def test_b_spawns():
+            out = subprocess.run(
+                ["ls", "/proc/self/fd"], close_fds=False, capture_output=True, text=True
+            ).stdout.split()
+            assert str(KEEP[0][1]) in out
+        """
+    )
+    result = fdkit.runpytest("-p", "noinherit")
+    result.assert_outcomes(failed=1, passed=1)
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_b_spawns _*",
+            "  fd * (pipe: *) leaked into pid * [[]ls /proc/self/fd[]] via subprocess.Popen, *",
+            "*noinherit summary*",
+            "VIOLATION fd * (pipe: *) reached a child of *::test_b_spawns (call)",
+            "    came from: *::test_a_opens_and_forgets",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*DescriptorLeakWarning*")
+
+
+def test_every_test_whose_child_receives_it_fails(fdkit: pytest.Pytester) -> None:
+    """A descriptor that reaches the children of two tests fails both; the summary is one line."""
     fdkit.makepyfile(
         """
         import os
@@ -212,10 +252,19 @@ def test_violation_is_blamed_once_not_on_the_next_test(fdkit: pytest.Pytester) -
         """
     )
     result = fdkit.runpytest("-p", "noinherit")
-    result.assert_outcomes(failed=1, passed=1)
-    result.stdout.fnmatch_lines(["*_ test_a _*", "  fd 50 (pipe: *) leaked into *"])
-    result.stdout.no_fnmatch_line("*_ test_b _*")
-    result.stdout.no_fnmatch_line("VIOLATION *::test_b*")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_a _*",
+            "  fd 50 (pipe: *) leaked into *",
+            "*_ test_b _*",
+            "  fd 50 (pipe: *) leaked into *",
+            "VIOLATION fd 50 (pipe: *) reached the children of 2 tests:"
+            " *::test_a (call), *::test_b (call)",
+            "    came from: *::test_a",
+        ]
+    )
+    assert result.stdout.str().count("VIOLATION ") == 1
 
 
 def test_stdio_of_a_child_is_always_expected(fdkit: pytest.Pytester) -> None:
@@ -309,7 +358,7 @@ def test_child_started_outside_any_test_is_listed(fdkit: pytest.Pytester) -> Non
     result.stdout.fnmatch_lines(
         [
             "*= noinherit summary =*",
-            "VIOLATION (outside any test) (outside): fd 50 (pipe: *)",
+            "VIOLATION fd 50 (pipe: *) reached a child of (outside any test) (outside)",
             "    into pid * ?/bin/sleep 0.02? via subprocess.Popen, *",
         ]
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from pytest_noinherit import fdtable, probe, spawns
+from pytest_noinherit import fdtable, probe, receptions, spawns
 from pytest_noinherit.fdtable import FdEntry, FdTable
 
 GOOD_FD = {
@@ -95,8 +95,8 @@ def test_load_record_turns_garbage_into_an_unreadable_spawn(tmp_path: Path) -> N
     wrong_shape = tmp_path / "1-2.json"
     wrong_shape.write_text(json.dumps(with_(GOOD, pid="x")))
     for path, why in ((bad_json, "Expecting"), (wrong_shape, "pid must be an integer")):
-        spawn = spawns._load_record(str(path))
-        assert spawn.route == spawns._UNREADABLE
+        spawn = receptions.load_record(str(path))
+        assert spawn.route == receptions.UNREADABLE
         assert spawn.argv == (path.name,)
         assert why in spawn.how
         assert not path.exists()  # consumed either way
@@ -154,8 +154,8 @@ def test_after_file_actions_closefrom() -> None:
 
 def test_argv_of_a_non_iterable_and_of_mixed_items() -> None:
     """_argv decodes bytes, stringifies others, and wraps a non-iterable whole."""
-    assert spawns._argv([b"/bin/echo", "x", 3]) == ("/bin/echo", "x", "3")
-    assert spawns._argv(42) == ("42",)  # type: ignore[arg-type]
+    assert receptions.argv_of([b"/bin/echo", "x", 3]) == ("/bin/echo", "x", "3")
+    assert receptions.argv_of(42) == ("42",)  # type: ignore[arg-type]
 
 
 def test_describe_entry_of_a_closed_descriptor() -> None:

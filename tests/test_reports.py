@@ -58,7 +58,9 @@ def test_json_report_lists_every_finding(fdkit: pytest.Pytester) -> None:
         os.close(w)
     """
     )
-    result = fdkit.runpytest("-p", "noinherit", "--noinherit-strict", "--noinherit-report=out.json")
+    result = fdkit.runpytest(
+        "-p", "noinherit", "--noinherit-strict", "--noinherit-leaks", "--noinherit-report=out.json"
+    )
     result.assert_outcomes(passed=4, failed=1, errors=1, warnings=1)
     report = fdkit.path / "out.json"
     with open(report, encoding="utf-8") as f:
@@ -78,7 +80,9 @@ def test_json_report_lists_every_finding(fdkit: pytest.Pytester) -> None:
     assert str(violation["target"]).startswith("pipe:[")
     assert violation["argv"] == ["/bin/sleep", "0.02"]
     assert violation["route"] == "subprocess.Popen"
+    # Strict mode turns the exec probe on: its record replaces Python's copy.
     assert violation["how"] in (
+        "observed by the exec probe",
         "observed in the child",
         "predicted from the parent's table at spawn time",
     )
@@ -124,7 +128,7 @@ def test_terminal_summary_says_what_was_allowed_and_what_was_not(fdkit: pytest.P
     result.stdout.fnmatch_lines(
         [
             "*= noinherit summary =*",
-            "VIOLATION test_*.py::test_violation (call): fd 50 (pipe: pipe:*)",
+            "VIOLATION fd 50 (pipe: pipe:*) reached a child of test_*.py::test_violation (call)",
             "    into pid * ?/bin/sleep 0.02? via subprocess.Popen, *",
             "allowed by marker on test_*.py::test_allowed: kind=pipe:",
             "    test_*.py::test_allowed: fd 51 (pipe: pipe:*) into pid * ?/bin/sleep 0.02? via *",
@@ -254,10 +258,10 @@ def test_xdist_violation_reaches_the_controller(
         [
             "created: 2/2 workers",
             "*_ test_violation _*",
-            "noinherit: 1 descriptor nobody allowed",
+            "noinherit: 1 descriptor nobody declared or allowed reached a child",
             "  fd 50 (pipe: *) leaked into *",
             "*= noinherit summary =*",
-            "VIOLATION test_*.py::test_violation (call): fd 50 (pipe: pipe:*)",
+            "VIOLATION fd 50 (pipe: pipe:*) reached a child of test_*.py::test_violation (call)",
             "allowed by marker on test_*.py::test_allowed: kind=pipe:",
         ]
     )

@@ -36,36 +36,58 @@ def test_strict_mode_errors_on_inheritable_leftovers(pytester: pytest.Pytester, 
         result = pytester.runpytest("-p", "noinherit")
     else:
         result = pytester.runpytest("-p", "noinherit", "--noinherit-strict")
-    result.assert_outcomes(passed=3, errors=1, warnings=1)
+    # A close-on-exec descriptor left open is no inheritance problem: no warning.
+    result.assert_outcomes(passed=3, errors=1, warnings=0)
     result.stdout.fnmatch_lines(
         [
             "noinherit: backend *, strict on, *",
             "*_ ERROR at teardown of test_leaves_inheritable_open _*",
-            "noinherit: 1 descriptor nobody allowed",
-            "  fd 50 (pipe: *) is inheritable and still open after the test",
+            "noinherit: 1 inheritable descriptor left open (--noinherit-strict)",
+            "  fd 50 (pipe: *) is still open after the test",
             "*Captured noinherit teardown*",
             "  left open and inheritable by the test: *",
-            "  fix:   close it, or create it non-inheritable (os.set_inheritable(50, False))",
-            "*warnings summary*",
-            "*::test_leaves_non_inheritable_open",
-            "*DescriptorLeakWarning: fd 51 (pipe: *) was opened by the test and is still open*",
+            "  fix:   close it, or create it non-inheritable (os.set_inheritable(fd, False))",
             "*noinherit summary*",
             "LEFTOVER *::test_leaves_inheritable_open: fd 50 (pipe: *), still open after the test",
-            "1 descriptor leak(s) reported as DescriptorLeakWarning:",
-            "    *::test_leaves_non_inheritable_open: fd 51 (pipe: *) (opened by the test)",
         ]
     )
+    result.stdout.no_fnmatch_line("*DescriptorLeakWarning*")
+    result.stdout.no_fnmatch_line("*nobody*allowed*")
     result.stdout.no_fnmatch_line("*test_closes_everything*")
 
 
-def test_default_mode_only_warns(pytester: pytest.Pytester) -> None:
-    """Without strict mode every leftover, inheritable or not, is a DescriptorLeakWarning."""
+def test_default_mode_lists_latent_leftovers_without_warnings(pytester: pytest.Pytester) -> None:
+    """Without strict mode an inheritable leftover is listed as latent; nothing warns."""
     pytester.makepyfile(LEAVES_OPEN)
     result = pytester.runpytest("-p", "noinherit")
-    result.assert_outcomes(passed=3, warnings=2)
+    result.assert_outcomes(passed=3, warnings=0)
     result.stdout.fnmatch_lines(
         [
             "noinherit: backend *, strict off, *",
+            "*noinherit summary*",
+            "LATENT *::test_leaves_inheritable_open: fd 50 (pipe: *) left open and inheritable"
+            " (would fail under --noinherit-strict)",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*fd 51*")
+    result.stdout.no_fnmatch_line("LEFTOVER*")
+
+
+@pytest.mark.parametrize("how", ["option", "ini"])
+def test_leak_check_warns_about_every_descriptor_left_open(
+    pytester: pytest.Pytester, how: str
+) -> None:
+    """--noinherit-leaks (or noinherit_leaks): any descriptor left open is a"
+    " DescriptorLeakWarning."""
+    pytester.makepyfile(LEAVES_OPEN)
+    if how == "ini":
+        pytester.makeini("[pytest]\nnoinherit_leaks = true\n")
+        result = pytester.runpytest("-p", "noinherit")
+    else:
+        result = pytester.runpytest("-p", "noinherit", "--noinherit-leaks")
+    result.assert_outcomes(passed=3, warnings=2)
+    result.stdout.fnmatch_lines(
+        [
             "*warnings summary*",
             "*DescriptorLeakWarning: fd 50 (pipe: *) was opened by the test and is still open*",
             "*DescriptorLeakWarning: fd 51 (pipe: *) was opened by the test and is still open*",
@@ -73,14 +95,32 @@ def test_default_mode_only_warns(pytester: pytest.Pytester) -> None:
             "2 descriptor leak(s) reported as DescriptorLeakWarning:",
         ]
     )
-    result.stdout.no_fnmatch_line("LEFTOVER*")
+
+
+def test_strict_mode_with_the_leak_check(pytester: pytest.Pytester) -> None:
+    """Strict and leaks together: the inheritable one errors, the close-on-exec one warns."""
+    pytester.makepyfile(LEAVES_OPEN)
+    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict", "--noinherit-leaks")
+    result.assert_outcomes(passed=3, errors=1, warnings=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*DescriptorLeakWarning: fd 51 (pipe: *) was opened by the test and is still open*",
+            "LEFTOVER *::test_leaves_inheritable_open: fd 50 (pipe: *), still open after the test",
+            "1 descriptor leak(s) reported as DescriptorLeakWarning:",
+            "    *::test_leaves_non_inheritable_open: fd 51 (pipe: *) (opened by the test)",
+        ]
+    )
 
 
 def test_leak_warning_can_be_made_an_error(pytester: pytest.Pytester) -> None:
     """-W error::pytest_noinherit.DescriptorLeakWarning turns a leak into an error at teardown."""
     pytester.makepyfile(LEAVES_OPEN)
     result = pytester.runpytest(
-        "-p", "noinherit", "-W", "error::pytest_noinherit.DescriptorLeakWarning"
+        "-p",
+        "noinherit",
+        "--noinherit-leaks",
+        "-W",
+        "error::pytest_noinherit.DescriptorLeakWarning",
     )
     result.assert_outcomes(passed=3, errors=2)
     result.stdout.fnmatch_lines(
@@ -89,6 +129,37 @@ def test_leak_warning_can_be_made_an_error(pytester: pytest.Pytester) -> None:
             "*DescriptorLeakWarning: fd 50 (pipe: *) was opened by the test and is still open*",
         ]
     )
+
+
+@pytest.mark.parametrize("strict", [False, True])
+def test_filterwarnings_error_keeps_a_clean_suite_green(
+    pytester: pytest.Pytester, strict: bool
+) -> None:
+    """filterwarnings = error: close-on-exec descriptors left open fail nothing, strict or not."""
+    pytester.makeini("[pytest]\nfilterwarnings =\n    error\n")
+    pytester.makepyfile(
+        """
+        import os, select, socket
+
+        KEEP = []
+
+        def test_epoll_and_socketpair_kept():
+            KEEP.append(select.epoll())
+            KEEP.extend(socket.socketpair())
+
+        def test_pipe_kept():
+            KEEP.extend(os.pipe())
+
+        def test_file_deleted_but_open(tmp_path):
+            f = open(tmp_path / "pid", "w")
+            os.unlink(tmp_path / "pid")
+            KEEP.append(f)
+        """
+    )
+    args = ["-p", "noinherit", *(["--noinherit-strict"] if strict else [])]
+    result = pytester.runpytest(*args)
+    result.assert_outcomes(passed=3)
+    assert result.ret == 0
 
 
 def test_module_fixture_is_judged_at_its_own_teardown(pytester: pytest.Pytester) -> None:
@@ -131,8 +202,8 @@ def test_module_fixture_is_judged_at_its_own_teardown(pytester: pytest.Pytester)
     result.stdout.fnmatch_lines(
         [
             "*_ ERROR at teardown of test_second _*",
-            "noinherit: 1 descriptor nobody allowed",
-            "  fd 51 (pipe: *) is inheritable and still open after the teardown of the"
+            "noinherit: 1 inheritable descriptor left open (--noinherit-strict)",
+            "  fd 51 (pipe: *) is still open after the teardown of the"
             " module-scoped fixture 'forgetful'",
             "*noinherit summary*",
             "LEFTOVER test_fixture_module.py::test_second: fd 51 (pipe: *), still open after *",
@@ -162,7 +233,7 @@ def test_descriptor_opened_by_c_code_is_a_strict_leftover(pytester: pytest.Pytes
     result.stdout.fnmatch_lines(
         [
             "*_ ERROR at teardown of test_c_open _*",
-            "  fd * (chr: /dev/null) is inheritable and still open after the test",
+            "  fd * (chr: /dev/null) is still open after the test",
         ]
     )
 

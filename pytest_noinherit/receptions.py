@@ -1,0 +1,198 @@
+"""Receptions: one child exec and the undeclared descriptors its program received.
+
+Every source of children (spawns.py's wrappers and audit hook, fork-child
+records, the exec probe's records in lineage.py) produces :class:`Spawn`
+receptions and nothing else; the verdict (verdict.py) judges them.  This
+module also holds what those sources share: describing a descriptor,
+reading a live child's table, and the record files fork children write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from collections.abc import Iterable
+from typing import Any, Callable
+
+from pytest_noinherit import fdtable, probe, recorddir
+from pytest_noinherit.allowances import ChildDescriptor
+from pytest_noinherit.fdtable import FdEntry, FdTable
+
+OBSERVED = "observed in the child"
+PROBED = "observed by the exec probe"
+PREDICTED = "predicted from the parent's table at spawn time"
+REPORTED = "reported by the fork child just before exec"
+AFTER_PREEXEC = "observed in the child after preexec_fn"
+
+RECORD_SUFFIX = ".json"  # fork-child records; the exec probe's end in .rec
+UNREADABLE = "unreadable record"
+STDIO = 3  # descriptors below this are the child's stdio, never judged
+
+Key = tuple[int, int, int]
+
+
+@dataclasses.dataclass(frozen=True)
+class Spawn:
+    """One reception: a child's exec and the undeclared descriptors its program received.
+
+    ``incomplete`` says why the child's table could not be seen whole; the
+    verdict never reads such a reception as clean.
+    """
+
+    route: str
+    pid: int | None
+    argv: tuple[str, ...]
+    how: str
+    received: tuple[ChildDescriptor, ...]
+    hint: str = ""  # what the caller can change: "close_fds=False", ...
+    declared: tuple[int, ...] = ()  # pass_fds, file-action targets, kept on purpose
+    incomplete: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """A plain dict for the record directory and the JSON report."""
+        d = dataclasses.asdict(self)
+        d["argv"] = list(self.argv)
+        return d
+
+    @classmethod
+    def from_record(cls, data: bytes) -> Spawn:
+        """Parse a fork child's record file; ValueError if it is malformed."""
+        return cls.from_json(json.loads(data))
+
+    @classmethod
+    def from_json(cls, data: object) -> Spawn:
+        """Validate a record another process wrote; ValueError if it is malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("record is not an object")
+        argv = data.get("argv")
+        pid = data.get("pid")
+        received = data.get("received")
+        if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+            raise ValueError("argv must be a list of strings")
+        if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)):
+            raise ValueError("pid must be an integer")
+        if not isinstance(received, list):
+            raise ValueError("received must be a list")
+        descs = tuple(_descriptor_from_json(d) for d in received)
+        texts = [data.get(k, "") for k in ("route", "how", "hint", "incomplete")]
+        if not all(isinstance(t, str) for t in texts):
+            raise ValueError("route, how and hint must be strings")
+        declared = data.get("declared", [])
+        if not (
+            isinstance(declared, list)
+            and all(isinstance(d, int) and not isinstance(d, bool) for d in declared)
+        ):
+            raise ValueError("declared must be a list of integers")
+        route, how, hint, incomplete = (str(t) for t in texts)
+        return cls(route, pid, tuple(argv), how, descs, hint, tuple(declared), incomplete)
+
+
+def _descriptor_from_json(data: object) -> ChildDescriptor:
+    if not isinstance(data, dict):
+        raise ValueError("descriptor is not an object")
+    ints = [data.get(k) for k in ("fd", "dev", "ino")]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ints):
+        raise ValueError("fd, dev and ino must be non-negative integers")
+    texts = [data.get(k) for k in ("kind", "target")]
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError("kind and target must be strings")
+    opt = [data.get(k) for k in ("inheritable_since", "created_at")]
+    if not all(o is None or isinstance(o, str) for o in opt):
+        raise ValueError("inheritable_since and created_at must be strings")
+    fd, dev, ino = (int(i) for i in ints)  # type: ignore[arg-type]
+    return ChildDescriptor(fd, str(texts[0]), str(texts[1]), dev, ino, opt[0], opt[1])
+
+
+#: origins(fd, dev, ino) -> (where it was created, where it became inheritable), patch mode.
+Origins = Callable[[int, int, int], "tuple[str | None, str | None]"]
+
+
+def describe_entry(entry: FdEntry, origins: Origins | None = None) -> ChildDescriptor:
+    """Details for the report, read while the descriptor is still open.
+
+    ``origins(fd, dev, ino)`` gives (where it was created, where it became
+    inheritable) when patch mode records them.
+    """
+    try:
+        details = fdtable.describe_entry(entry)
+        kind, target = details.kind, str(details)
+    except OSError:
+        kind, target = entry.kind, "(closed before it could be described)"
+    created = since = None
+    if origins is not None:
+        created, since = origins(entry.fd, entry.dev, entry.ino)
+    return ChildDescriptor(entry.fd, kind, target, entry.dev, entry.ino, since, created)
+
+
+def read_child_table(pid: int) -> dict[int, tuple[int, int]] | None:
+    """fd -> (dev, ino) of a live child, or None when it cannot be read whole.
+
+    Best effort: a process that already exited has an empty or partial
+    /proc/<pid>/fd (proc(5)), so a zombie or vanished child gives None.
+    """
+    base = f"/proc/{pid}"
+    table = {}
+    try:
+        for name in os.listdir(f"{base}/fd"):
+            with contextlib.suppress(FileNotFoundError):
+                st = os.stat(f"{base}/fd/{name}")
+                table[int(name)] = (st.st_dev, st.st_ino)
+        with open(f"{base}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, ValueError, IndexError):
+        return None
+    return None if state in (b"Z", b"X", b"x") else table
+
+
+def alive(pid: int) -> bool:
+    """Whether pid still exists (a zombie does): kill(2) with signal 0."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def kept_on_purpose(at_fork: FdTable | None, now: FdTable) -> set[int]:
+    """Descriptors a fork child holds inheritable on purpose at exec.
+
+    A child that cleaned up (closed or replaced a descriptor that was
+    inheritable at fork) kept the rest on purpose, as _posixsubprocess keeps
+    pass_fds; one made inheritable or opened after the fork was meant for
+    this exec.
+    """
+    if at_fork is None:
+        return set()
+    before = {e.fd: e for e in at_fork.inheritable() if e.fd >= STDIO}
+    held = {e.fd: e for e in now.inheritable()}
+    cleaned = any(fd not in held or held[fd].identity != e.identity for fd, e in before.items())
+    return {
+        fd
+        for fd, e in held.items()
+        if cleaned or fd not in before or before[fd].identity != e.identity
+    }
+
+
+def argv_of(argv: Iterable[object]) -> tuple[str, ...]:
+    try:
+        return tuple(os.fsdecode(a) if isinstance(a, (str, bytes)) else str(a) for a in argv)
+    except TypeError:
+        return (str(argv),)
+
+
+def write_record(directory: str, spawn: Spawn) -> None:
+    """Write one fork-child record atomically; a child must never fail because of us."""
+    with contextlib.suppress(ValueError, TypeError):
+        recorddir.write(directory, json.dumps(spawn.to_json()).encode(), RECORD_SUFFIX)
+
+
+def load_record(path: str) -> Spawn:
+    """Read and remove one record; garbage becomes a spawn that says so."""
+    try:
+        return Spawn.from_record(probe.take_file(path))
+    except (OSError, ValueError, RecursionError) as exc:  # RecordError is a ValueError
+        return Spawn(UNREADABLE, None, (os.path.basename(path),), str(exc), ())
