@@ -204,6 +204,9 @@ class Monitor:
             if added:
                 name = f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r}"
                 self.owned[id(fixturedef)] = (name, added)
+                for e in added:
+                    if e.inheritable:
+                        self.first_held.setdefault(_key(e), name)
 
     def pytest_fixture_post_finalizer(
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
@@ -328,6 +331,8 @@ class Monitor:
             return []
         owned = {_key(e) for _, entries in self.owned.values() for e in entries}
         lifetime = _stdlib_helper_fds()
+        # A fixture torn down in this very teardown reports its own, once.
+        owned |= {_key(e) for _, e in fixture_left}
         suspects = [
             ("the test", True, e)
             for e in after.added_since(before)

@@ -257,3 +257,65 @@ def test_leftover_is_blamed_once(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*_ ERROR at teardown of test_leaves_it _*"])
     result.stdout.no_fnmatch_line("*ERROR at teardown of test_later*")
+
+
+def test_fixture_set_up_and_torn_down_in_one_test_is_reported_once(
+    pytester: pytest.Pytester,
+) -> None:
+    """A module fixture used by one test only: its leftover is the fixture's, reported once."""
+    pytester.makepyfile(
+        """
+        import os, pytest
+
+        @pytest.fixture(scope="module")
+        def forgetful():
+            r, w = os.pipe()
+            os.dup2(w, 51)
+            yield 51
+            os.close(r)
+            os.close(w)  # but not 51
+
+        def test_only(forgetful):
+            pass
+        """
+    )
+    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict")
+    result.assert_outcomes(passed=1, errors=1)
+    assert result.stdout.str().count("LEFTOVER ") == 1
+    result.stdout.fnmatch_lines(
+        [
+            "LEFTOVER *::test_only: fd 51 (pipe: *), still open after the"
+            " teardown of the module-scoped fixture 'forgetful'"
+        ]
+    )
+
+
+def test_a_fixture_descriptor_comes_from_the_fixture(fdkit: pytest.Pytester) -> None:
+    """A session fixture's inheritable pipe reaching tests' children names the fixture."""
+    fdkit.makepyfile(
+        """
+        import os, pytest
+        from fdkit import spawn
+
+        @pytest.fixture(scope="session")
+        def pool():
+            r, w = os.pipe()
+            os.set_inheritable(w, True)
+            yield w
+            os.close(r); os.close(w)
+
+        def test_one(pool):
+            spawn()
+
+        def test_two(pool):
+            spawn()
+        """
+    )
+    result = fdkit.runpytest("-p", "noinherit")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "VIOLATION fd * (pipe: *) reached the children of 2 tests: *",
+            "    came from: the session-scoped fixture 'pool'",
+        ]
+    )
