@@ -166,8 +166,9 @@ int nic_snapshot_scan(nic_entry *out, int cap)
             if (pfd[i].revents & POLLNVAL)
                 continue;
 #endif
-            /* With O_PATH, POLLNVAL is not proof: poll() skips FMODE_PATH
-             * files (platform-facts 2.1), so F_GETFD decides. */
+            /* With O_PATH, POLLNVAL is not proof: poll() reports it for
+             * O_PATH descriptors too (they have no file operations,
+             * open(2)), so F_GETFD decides. */
             if (nic_fill_entry(base + i, &e) != 0)
                 continue;
             if (n < cap)

@@ -79,7 +79,8 @@ static void raise_hint(int maxfd)
 /* /proc/self/fd                                                           */
 
 /* Opened afresh on every call: a cached dirfd would survive fork() still
- * pointing at the parent's table (platform-facts 2.1), and nothing stays
+ * pointing at the parent's table (/proc/self resolves when the directory
+ * is opened, proc(5)), and nothing stays
  * open between snapshots. */
 static int open_fd_dir(void)
 {

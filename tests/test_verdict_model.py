@@ -384,3 +384,24 @@ def test_nested_session_is_judged_on_its_own(pytester: pytest.Pytester) -> None:
     )
     result.assert_outcomes(passed=2)
     result.stdout.no_fnmatch_line("VIOLATION *")
+
+
+@needs_probe
+def test_thousands_of_children_in_one_phase_keep_their_pass_fds(pytester: pytest.Pytester) -> None:
+    """4 300 children with pass_fds in one test, probe on: none is judged without its pass_fds."""
+    pytester.makepyfile(
+        """
+        import os, subprocess
+
+        def test_many_children():
+            r, w = os.pipe()
+            try:
+                for _ in range(4300):
+                    subprocess.run(["/bin/true"], pass_fds=(w,), check=True)
+            finally:
+                os.close(r); os.close(w)
+        """
+    )
+    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict")
+    result.assert_outcomes(passed=1)
+    result.stdout.no_fnmatch_line("VIOLATION *")
