@@ -34,6 +34,7 @@
  *   exe <escaped readlink of /proc/self/exe>
  *   argv <escaped arg0> <escaped arg1> ...
  *   fd <fd> <F_GETFD> <F_GETFL> <st_dev> <st_ino> <st_mode> <escaped target>
+ *   sock <fd> <SO_DOMAIN> <SO_TYPE> <local address> <peer address>
  *   ...
  *   truncated            (only when the table is incomplete: see below)
  *   end
@@ -42,6 +43,15 @@
  * field.  Escaping: every byte outside 0x21..0x7e, and the backslash, is
  * written as \xHH.  A failed fcntl() is its negative errno, a failed
  * fstat() is "-1 -1 -1", an unreadable link an empty target.
+ *
+ * A "sock" line follows the fd line of every descriptor whose st_mode is
+ * S_IFSOCK, so that the plugin can describe a socket the test has closed
+ * since (its target is only "socket:[inode]").  An address is the raw
+ * sockaddr getsockname() or getpeername() returned, in lowercase hex, at
+ * most sizeof(struct sockaddr_storage) bytes (its length is the field's
+ * half); "-" where the call failed (no peer, a family without addresses).
+ * A family or type getsockopt() would not tell is -1.  A reader that does
+ * not know the line may skip it: nothing else in the record changes.
  *
  * "truncated" means some descriptors are missing: /proc/self/fd could not
  * be read to the end, the next line would have passed RLIMIT_FSIZE (a write
@@ -90,10 +100,12 @@ NIP_HIDDEN void *memset(void *dst, int c, nip_size n)
 #define NIP_CMDLINE_CAP 16384
 /* The record is built here and written out whenever it fills up. */
 #define NIP_BUF_CAP 65536
-/* The longest fd line: six numbers and a target of NIP_PATH_CAP bytes, each
- * escaped to four.  A line is always built whole in the buffer, so that one
- * that does not fit under RLIMIT_FSIZE can be taken back. */
-#define NIP_LINE_MAX (128 + 4 * NIP_PATH_CAP)
+/* The most one descriptor writes: its fd line (six numbers and a target of
+ * NIP_PATH_CAP bytes, each escaped to four) and, for a socket, its sock line
+ * (four numbers and two addresses of NIP_SOCKADDR_SIZE bytes in hex).  A
+ * descriptor's lines are always built whole in the buffer, so that lines
+ * that do not fit under RLIMIT_FSIZE can be taken back. */
+#define NIP_LINE_MAX (128 + 4 * NIP_PATH_CAP + 96 + 4 * NIP_SOCKADDR_SIZE)
 /* Room kept under RLIMIT_FSIZE for "truncated\nend\n". */
 #define NIP_RECORD_TAIL 32
 
@@ -310,10 +322,73 @@ static void nip_put_argv(void)
     nip_put("\n", 1);
 }
 
-/* One "fd ..." line for descriptor fd; dirfd is the open /proc/self/fd. */
+/* " <hex>" of an address getsockname/getpeername wrote, or " -" when the
+ * call failed (r < 0).  A length past the buffer is what the kernel would
+ * have written had there been room (socket(7)): only the buffer is real. */
+static void nip_put_sockaddr(long r, const unsigned char *addr, unsigned int len)
+{
+    static const char hex[] = "0123456789abcdef";
+    char text[2 * NIP_SOCKADDR_SIZE];
+    unsigned int i;
+
+    if (r < 0) {
+        nip_put(" -", 2);
+        return;
+    }
+    if (len > NIP_SOCKADDR_SIZE)
+        len = NIP_SOCKADDR_SIZE;
+    for (i = 0; i < len; i++) {
+        text[2 * i] = hex[addr[i] >> 4];
+        text[2 * i + 1] = hex[addr[i] & 15];
+    }
+    nip_put(" ", 1);
+    nip_put(text, 2 * len);
+}
+
+/* The "sock ..." line of a socket, what the native core's nic_socket_info
+ * reads: SO_DOMAIN (the address's sa_family where the option is refused),
+ * SO_TYPE, and both addresses.  Whatever a call refuses is -1 or "-": a
+ * socket without a peer, or a family without addresses, is still a socket. */
+static void nip_put_sock(long fd)
+{
+    unsigned char local[NIP_SOCKADDR_SIZE] __attribute__((aligned(8)));
+    unsigned char peer[NIP_SOCKADDR_SIZE] __attribute__((aligned(8)));
+    unsigned int local_len = sizeof local, peer_len = sizeof peer;
+    unsigned int vlen;
+    int domain = -1, type = -1, value;
+    long named, connected;
+
+    named = nip_sys3(NIP_SYS_getsockname, fd, local, &local_len);
+    connected = nip_sys3(NIP_SYS_getpeername, fd, peer, &peer_len);
+    vlen = sizeof value;
+    if (nip_sys5(NIP_SYS_getsockopt, fd, NIP_SOL_SOCKET, NIP_SO_DOMAIN, &value, &vlen) == 0)
+        domain = value;
+    else if (named == 0 && local_len >= 2) {
+        unsigned short family; /* sa_family_t, the address's first member */
+        memcpy(&family, local, sizeof family);
+        domain = family;
+    }
+    vlen = sizeof value;
+    if (nip_sys5(NIP_SYS_getsockopt, fd, NIP_SOL_SOCKET, NIP_SO_TYPE, &value, &vlen) == 0)
+        type = value;
+
+    nip_puts("sock ");
+    nip_put_long(fd);
+    nip_put(" ", 1);
+    nip_put_long(domain);
+    nip_put(" ", 1);
+    nip_put_long(type);
+    nip_put_sockaddr(named, local, local_len);
+    nip_put_sockaddr(connected, peer, peer_len);
+    nip_put("\n", 1);
+}
+
+/* One "fd ..." line for descriptor fd, and its "sock ..." line when it is a
+ * socket; dirfd is the open /proc/self/fd. */
 static void nip_put_fd(long fd, long dirfd, const char *name)
 {
     char st[NIP_STAT_SIZE] __attribute__((aligned(8))); /* struct stat */
+    unsigned int mode = 0;
     long r;
 
     nip_puts("fd ");
@@ -325,7 +400,6 @@ static void nip_put_fd(long fd, long dirfd, const char *name)
     nip_put(" ", 1);
     if (nip_sys2(NIP_SYS_fstat, fd, st) == 0) {
         nip_u64 dev, ino;
-        unsigned int mode;
         memcpy(&dev, st + NIP_STAT_DEV, sizeof dev);
         memcpy(&ino, st + NIP_STAT_INO, sizeof ino);
         memcpy(&mode, st + NIP_STAT_MODE, sizeof mode);
@@ -342,6 +416,8 @@ static void nip_put_fd(long fd, long dirfd, const char *name)
     if (r > 0)
         nip_put_escaped(nip_link, (nip_size)r);
     nip_put("\n", 1);
+    if ((mode & NIP_S_IFMT) == NIP_S_IFSOCK)
+        nip_put_sock(fd);
 }
 
 /* The fd lines, from a getdents64 walk of /proc/self/fd (the descriptor

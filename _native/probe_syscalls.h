@@ -23,6 +23,9 @@
 #define NIP_SYS_fstat 5
 #define NIP_SYS_pwrite64 18
 #define NIP_SYS_getpid 39
+#define NIP_SYS_getsockname 51
+#define NIP_SYS_getpeername 52
+#define NIP_SYS_getsockopt 55
 #define NIP_SYS_fcntl 72
 #define NIP_SYS_ftruncate 77
 #define NIP_SYS_getppid 110
@@ -73,6 +76,9 @@ static inline long nip_syscall(long n, long a, long b, long c, long d, long e)
 #define NIP_SYS_clock_gettime 113
 #define NIP_SYS_getpid 172
 #define NIP_SYS_getppid 173
+#define NIP_SYS_getsockname 204
+#define NIP_SYS_getpeername 205
+#define NIP_SYS_getsockopt 209
 #define NIP_SYS_prlimit64 261
 /* arm64 has no renameat, only renameat2 (flags 0 = plain rename). */
 #define NIP_SYS_renameat2 276
@@ -121,6 +127,14 @@ static inline long nip_syscall(long n, long a, long b, long c, long d, long e)
 #define NIP_CLOCK_MONOTONIC 1
 #define NIP_RLIMIT_FSIZE 1
 #define NIP_EINTR 4
+#define NIP_S_IFMT 0170000
+#define NIP_S_IFSOCK 0140000
+/* include/uapi/asm-generic/socket.h, which x86 and arm64 both use. */
+#define NIP_SOL_SOCKET 1
+#define NIP_SO_TYPE 3
+#define NIP_SO_DOMAIN 39
+/* sizeof(struct sockaddr_storage): the most any family's address takes. */
+#define NIP_SOCKADDR_SIZE 128
 /* Big enough for either arch's struct stat (144 and 128 bytes). */
 #define NIP_STAT_SIZE 256
 

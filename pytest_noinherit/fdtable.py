@@ -33,6 +33,7 @@ __all__ = [
     "seal",
     "set_inheritable",
     "snapshot",
+    "socket_target",
 ]
 
 BACKEND_ENV = "PYTEST_NOINHERIT_BACKEND"
@@ -353,7 +354,7 @@ def describe(fd: int) -> FdDetails:
     info = _socket_info(impl, fd) if kind == "socket" else None
     if info is None:
         return FdDetails(fd, kind, target, deleted)
-    return _socket_details(FdDetails(fd, kind, target, deleted), info, impl, fd)
+    return _socket_details(FdDetails(fd, kind, target, deleted), info, _raw(impl), fd)
 
 
 def _target(impl: ModuleType, fd: int) -> str | None:
@@ -388,7 +389,29 @@ def describe_entry(entry: FdEntry) -> FdDetails:
         target = impl.handle_target(entry.fd)
         text = printable(target) if target else f"{entry.kind} handle {entry.fd:#x}"
         return FdDetails(entry.fd, entry.kind, text)
-    return _socket_details(FdDetails(entry.fd, "socket", None), info, impl)
+    return _socket_details(FdDetails(entry.fd, "socket", None), info, _raw(impl))
+
+
+def socket_target(
+    family: int, type_: int, local: bytes | None, peer: bytes | None
+) -> tuple[str, str]:
+    """(kind, target text) of a socket, as :func:`describe` would report it.
+
+    family and type_ are what getsockopt(SO_DOMAIN, SO_TYPE) said (-1 where
+    it would not tell), local and peer the raw sockaddr bytes of
+    getsockname() and getpeername() (None where there was no address): what
+    the exec probe records of a socket the test process may no longer hold.
+    The text is ``str()`` of the :class:`FdDetails` that describe() returns
+    for a socket with those values.
+    """
+    info = (family, type_, 0, local, peer)
+    return "socket", str(_socket_details(FdDetails(-1, "socket", None), info, raw=True))
+
+
+def _raw(impl: ModuleType) -> bool:
+    """Whether impl.socket_info gives raw sockaddr bytes (the native core) or
+    what Python's socket module decoded (the reference)."""
+    return impl.__name__.endswith(".native")
 
 
 # Families whose addresses both backends decode alike: CPython's
@@ -402,14 +425,16 @@ _DECODED_FAMILIES = frozenset(
 )
 
 
-def _socket_details(
-    base: FdDetails, info: tuple[Any, ...], impl: ModuleType, fd: int = -1
-) -> FdDetails:
-    """base with the family, type and addresses of a backend's socket_info answer."""
+def _socket_details(base: FdDetails, info: tuple[Any, ...], raw: bool, fd: int = -1) -> FdDetails:
+    """base with the family, type and addresses of a socket_info answer.
+
+    raw says the addresses are sockaddr bytes, to be decoded the way
+    CPython's makesockaddr() would; otherwise they are what it returned.
+    """
     family, socktype, _proto, local, peer = info
     if family not in _DECODED_FAMILIES:
         local = peer = None
-    elif impl.__name__.endswith(".native"):
+    elif raw:
         local = _decode_sockaddr(family, bytes(local), fd) if local else None
         peer = _decode_sockaddr(family, bytes(peer), fd) if peer else None
     return base._replace(
@@ -495,9 +520,19 @@ def _ipv6_host(packed: bytes, scope: int) -> str:
 
 
 def _interface_name(fd: int, index: int) -> str:
-    """The name of interface index in fd's network namespace, or ''."""
-    if fd < 0 or index <= 0 or not sys.platform.startswith("linux"):
+    """The name of interface index in fd's network namespace, or ''.
+
+    Without the socket (fd -1: a probe record of one the test has closed)
+    the name is looked up in this process's namespace, which the children
+    of a test share unless they set up their own.
+    """
+    if index <= 0 or not sys.platform.startswith("linux"):
         return ""
+    if fd < 0:
+        try:
+            return socket.if_indextoname(index)
+        except OSError:
+            return ""
     import fcntl
 
     # struct ifreq: ifr_name[IFNAMSIZ], then ifr_ifindex in the union (40 bytes on LP64)

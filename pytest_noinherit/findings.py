@@ -51,6 +51,7 @@ def child_finding(
         "how": spawn.how,
         "hint": spawn.hint,
         "allowed_by": allowed_by,
+        "site": spawn.site,  # where the test started the child
         "children": 1,  # children of this phase that received it
         "came_from": "",  # which test (or import time) first held it inheritable
         **descriptor_json(desc),
@@ -187,9 +188,10 @@ def failure_message(findings: Iterable[dict[str, Any]]) -> str:
             f"noinherit: {n} descriptor{'s' if n != 1 else ''} nobody declared or allowed"
             f" reached a child"
         )
-        lines += [
-            f"  {_in_phase(f)}{describe_fd(f)} leaked into {describe_child(f)}" for f in violations
-        ]
+        for f in violations:
+            lines.append(f"  {_in_phase(f)}{describe_fd(f)} leaked into {describe_child(f)}")
+            if f.get("site"):
+                lines.append(f"    started at {f['site']}")
     if leftovers:
         n = len(leftovers)
         lines.append(
@@ -217,6 +219,7 @@ def details_section(findings: Iterable[dict[str, Any]]) -> str:
                 f"{describe_fd(f)}",
                 f"  child: {describe_child(f)}",
                 f"  argv:  {' '.join(f['argv'])}",
+                *([f"  started at: {f['site']}"] if f.get("site") else []),
                 *_origin_lines(f),
                 f"  fix:   {fix_for(f)}",
             ]
@@ -286,30 +289,33 @@ _SHOWN = 3  # tests named per grouped line, unless -v
 
 
 def write_summary(
-    tr: Any, summary: Summary, baseline: Sequence[Any], problems: Sequence[str]
+    tr: Any,
+    summary: Summary,
+    baseline: Sequence[Any],
+    problems: Sequence[str],
+    fixed: Sequence[tuple[str, str, str]] = (),
+    known_path: str | None = None,
 ) -> None:
     """The terminal summary section (nothing at all when there is nothing to say)."""
-    violations = summary.of_type(VIOLATION)
-    leftovers = summary.of_type(LEFTOVER)
+    known = [f for f in summary.findings if f.get("known")]
+    violations = [f for f in summary.of_type(VIOLATION) if not f.get("known")]
+    leftovers = [f for f in summary.of_type(LEFTOVER) if not f.get("known")]
     latent = summary.of_type(LATENT)
-    incomplete = summary.of_type(INCOMPLETE)
+    incomplete = [f for f in summary.of_type(INCOMPLETE) if not f.get("known")]
     leaks = summary.of_type(LEAK)
     allowed = summary.of_type(ALLOWED)
-    found = violations or leftovers or latent or incomplete or leaks or allowed
-    if not (found or problems or baseline):
+    found = violations or leftovers or latent or incomplete or leaks or allowed or known or fixed
+    verbosity = int(getattr(tr, "verbosity", 0))
+    if not (found or problems or (baseline and verbosity >= 0)):
         return
-    shown = 10**9 if getattr(tr, "verbosity", 0) > 0 else _SHOWN
+    if verbosity <= -2:  # -qq: one line, as pytest's own summaries shrink
+        tr.write_line(_counts_line(violations, leftovers, incomplete, latent, known, fixed))
+        return
+    shown = 10**9 if verbosity > 0 else _SHOWN
+    details = verbosity >= 0
     tr.write_sep("=", "noinherit summary")
-    for group in by_descriptor(violations):
-        f = group[0]
-        n, tests = _tests_text(group, shown)
-        where = f"the children of {n} tests:" if n > 1 else "a child of"
-        tr.write_line(f"VIOLATION {describe_fd(f)} reached {where} {tests}")
-        tr.write_line(f"    into {describe_child(f)}")
-        if f.get("came_from"):
-            tr.write_line(f"    came from: {f['came_from']}")
-        if f.get("origin"):
-            tr.write_line(f"    {f['origin']}")
+    _write_violations(tr, violations, shown, details)
+    _write_known(tr, known, fixed, known_path, shown)
     for f in incomplete:
         tr.write_line(f"INCOMPLETE {f['test']} ({f['phase']}): {describe_child(f)}: {f['reason']}")
     for f in leftovers:
@@ -329,13 +335,84 @@ def write_summary(
     for f in allowed:
         by_allowance.setdefault(f["allowed_by"], []).append(f)
     for allowance, items in by_allowance.items():
-        tr.write_line(f"allowed by {allowance}:")
-        for group in by_descriptor(items):
+        tr.write_line(f"allowed by {allowance}:" if details else f"allowed by {allowance}")
+        for group in by_descriptor(items) if details else ():
             _, tests = _tests_text(group, shown, phases=False)
             tr.write_line(f"    {tests}: {describe_fd(group[0])} into {describe_child(group[0])}")
-    if baseline:
+    if baseline and details:
         fds = ", ".join(f"{number(e.fd)} ({e.kind})" for e in baseline)
         tr.write_line(f"session baseline (inherited by pytest, allowed everywhere): {fds}")
     for problem, count in dict(collections.Counter(problems)).items():
         times = f" ({count} times)" if count > 1 else ""
         tr.write_line(f"noinherit could not inspect a spawn: {problem}{times}")
+
+
+def _counts_line(
+    violations: Sequence[dict[str, Any]],
+    leftovers: Sequence[dict[str, Any]],
+    incomplete: Sequence[dict[str, Any]],
+    latent: Sequence[dict[str, Any]],
+    known: Sequence[dict[str, Any]],
+    fixed: Sequence[tuple[str, str, str]],
+) -> str:
+    """``noinherit: 2 violations (5 tests), 1 leftover`` for -qq."""
+    parts = []
+    if violations:
+        tests = len({f["test"] for f in violations})
+        n = len(by_descriptor(violations))
+        parts.append(
+            f"{n} violation{'s' if n != 1 else ''} ({tests} test{'s' if tests != 1 else ''})"
+        )
+    for items, word in (
+        (leftovers, "leftover"),
+        (incomplete, "incomplete"),
+        (latent, "latent"),
+        (known, "known"),
+        (fixed, "fixed"),
+    ):
+        if items:
+            parts.append(f"{len(items)} {word}")
+    return "noinherit: " + (", ".join(parts) or "nothing found")
+
+
+def _write_violations(
+    tr: Any, violations: Sequence[dict[str, Any]], shown: int, details: bool
+) -> None:
+    """One line per distinct descriptor and the tests whose children it reached."""
+    for group in by_descriptor(violations):
+        f = group[0]
+        n, tests = _tests_text(group, shown)
+        where = f"the children of {n} tests:" if n > 1 else "a child of"
+        tr.write_line(f"VIOLATION {describe_fd(f)} reached {where} {tests}")
+        if not details:
+            continue
+        tr.write_line(f"    into {describe_child(f)}")
+        if f.get("site"):
+            tr.write_line(f"    started at {f['site']}")
+        if f.get("came_from"):
+            tr.write_line(f"    came from: {f['came_from']}")
+        if f.get("origin"):
+            tr.write_line(f"    {f['origin']}")
+
+
+def _write_known(
+    tr: Any,
+    known: Sequence[dict[str, Any]],
+    fixed: Sequence[tuple[str, str, str]],
+    known_path: str | None,
+    shown: int,
+) -> None:
+    """Findings the known-findings file lists, and listed ones no longer seen."""
+    if known:
+        count = len({f["test"] for f in known})
+        tr.write_line(
+            f"KNOWN {len(known)} finding(s) of {count} test(s) listed in {known_path}, not failing:"
+        )
+        for group in by_descriptor(f for f in known if "fd" in f):
+            _, tests_text = _tests_text(group, shown)
+            tr.write_line(f"    {group[0]['type']} {describe_fd(group[0])}: {tests_text}")
+    for test, type_, descriptor in fixed:
+        tr.write_line(
+            f"FIXED {test}: {type_} ({descriptor}) is listed in {known_path} but no longer"
+            " seen; --noinherit-known-update drops it"
+        )

@@ -93,11 +93,11 @@ class ProbeLineage:
                 told_of = by_pid.pop(rec.pid, None) or _system_call(systems, rec, self.owner_pid)
             awaited = self._awaiting.pop(rec.pid, None) if earlier is None else None
             relation = CHILD_OF_TEST if rec.ppid == self.owner_pid else f"pid {rec.ppid}"
-            route, argv, hint = "exec probe", rec.argv, relation
+            route, argv, hint, site = "exec probe", rec.argv, relation, ""
             if told_of is not None:  # a child Python started: the record decides
                 merged.add(id(told_of))
                 from_test, declared = set(fds), frozenset(told_of.declared)
-                route, argv, hint = told_of.route, told_of.argv, told_of.hint
+                route, argv, hint, site = told_of.route, told_of.argv, told_of.hint, told_of.site
                 owner.learn(told_of.received)
             elif awaited is not None:  # already judged from what Python knew
                 from_test, declared = set(fds), awaited
@@ -118,7 +118,9 @@ class ProbeLineage:
             if received or incomplete:
                 descs = tuple(owner.describe(fds[n], origins) for n in received)
                 result.append(
-                    Spawn(route, rec.pid, argv, PROBED, descs, hint, tuple(declared), incomplete)
+                    Spawn(
+                        route, rec.pid, argv, PROBED, descs, hint, tuple(declared), incomplete, site
+                    )
                 )
         for spawn in told:
             if id(spawn) in merged:
@@ -157,6 +159,8 @@ class _OwnerTable:
     It tells whether the test still holds a descriptor a recorded process
     has, and describes it the way the Python side would (socket family,
     type and addresses), so allowances match whichever side saw the child.
+    A socket the test no longer holds is described from what the probe
+    read of it, in the same words.
     """
 
     def __init__(self) -> None:
@@ -184,11 +188,14 @@ class _OwnerTable:
                 known = self._by_identity[entry.identity] = describe_entry(entry, origins)
         if known is not None and not known.target.startswith("(closed"):
             return dataclasses.replace(known, fd=f.fd)
-        kind = fdtable.refined_kind(fdtable.kind_of(f.mode), f.target)
+        if f.sock is not None:  # closed here since: the probe's own reading of it
+            kind, target = fdtable.socket_target(*f.sock)
+        else:
+            kind, target = fdtable.refined_kind(fdtable.kind_of(f.mode), f.target), f.target
         created = since = None
         if origins is not None:
             created, since = origins(f.fd, f.dev, f.ino)
-        return ChildDescriptor(f.fd, kind, f.target, f.dev, f.ino, since, created)
+        return ChildDescriptor(f.fd, kind, target, f.dev, f.ino, since, created)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ import pytest
 
 from pytest_noinherit import allowances as allow_mod
 from pytest_noinherit import creators, fdtable, findings, recorddir, verdict
+from pytest_noinherit import known as known_mod
 from pytest_noinherit.allowances import Allowance
 from pytest_noinherit.fdtable import FdEntry, FdTable
 from pytest_noinherit.probe import ProbeEnvironment
@@ -51,6 +52,17 @@ def _stdlib_helper_fds() -> set[int]:
     return fds
 
 
+def _marker_source(item: pytest.Item, node: Any) -> str:
+    """Where a marker was put: on the test, its class, or its module's pytestmark."""
+    if node is item:
+        return f"marker on {item.nodeid}"
+    if isinstance(node, pytest.Class):
+        return f"class marker on {node.nodeid}"
+    if isinstance(node, pytest.Module):
+        return f"pytestmark of {node.nodeid}"
+    return f"marker on {node.nodeid}"
+
+
 def _tracker_class() -> type[SpawnTracker]:
     """The spawn tracker of this platform."""
     if sys.platform == "win32":
@@ -80,6 +92,8 @@ class Monitor:
         if settings.patch and not self.unpatch:
             self.patch_status = "unavailable: the patched creators are the POSIX ones"
         self.summary = findings.Summary()
+        self.known = self._load_known()
+        self.ran: set[str] = set()  # node ids of the tests whose reports arrived
         # Which test (or import time) first held each descriptor inheritable:
         # the summary says where a leak came from, the verdict never uses it.
         self.first_held: dict[Key, str] = {}
@@ -93,12 +107,24 @@ class Monitor:
         # The test in progress; nothing is kept on items, which live all session.
         self.before: FdTable | None = None
         self.allowances: list[Allowance] = []
+        # Fixtures being set up (innermost last) and what each allowed.
+        self.fixture_stack: list[tuple[int, str]] = []
+        self.fixture_allowances: dict[int, list[Allowance]] = {}
         # Failing findings of a phase whose own outcome was an exception
         # (a failure, a skip, an xfail): raised again at the test's teardown.
         self.carried: list[dict[str, Any]] = []
         # Findings waiting for their phase's report: (nodeid, when) -> findings.
         self.unsent: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self.tracker.install()
+
+    def _load_known(self) -> known_mod.KnownFindings | None:
+        path = self.settings.known_path
+        if not path:
+            return None
+        try:
+            return known_mod.KnownFindings.load(path)
+        except known_mod.KnownFileError as exc:
+            raise pytest.UsageError(f"--noinherit-known: {exc}") from None
 
     def _start_probe(self) -> str:
         """Switch the exec probe on if asked to and it works; the header's words."""
@@ -186,6 +212,7 @@ class Monitor:
             found = getattr(report, "noinherit", None)
         if isinstance(found, list):
             self.summary.add(f for f in found if isinstance(f, dict) and "type" in f)
+        self.ran.add(report.nodeid)
 
     # -- fixtures of broader scope ----------------------------------------------
 
@@ -193,16 +220,22 @@ class Monitor:
     def pytest_fixture_setup(
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
     ) -> Generator[None, object, object]:
+        name = f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r}"
+        # noinherit.allow() during this setup belongs to this fixture.
+        self.fixture_stack.append((id(fixturedef), name))
         if fixturedef.scope == "function":
-            return (yield)
+            try:
+                return (yield)
+            finally:
+                self.fixture_stack.pop()
         before = fdtable.snapshot()
         try:
             return (yield)
         finally:
+            self.fixture_stack.pop()
             owned = {_key(e) for _, entries in self.owned.values() for e in entries}
             added = [e for e in fdtable.snapshot().added_since(before) if _key(e) not in owned]
             if added:
-                name = f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r}"
                 self.owned[id(fixturedef)] = (name, added)
                 for e in added:
                     if e.inheritable:
@@ -211,6 +244,7 @@ class Monitor:
     def pytest_fixture_post_finalizer(
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
     ) -> None:
+        self.fixture_allowances.pop(id(fixturedef), None)
         owned = self.owned.pop(id(fixturedef), None)
         if owned is None:
             return
@@ -223,9 +257,9 @@ class Monitor:
     def _marker_allowances(self, item: pytest.Item) -> tuple[list[Allowance], str]:
         """The test's marker allowances, and what is wrong with them if anything."""
         result = []
-        for mark in item.iter_markers(allow_mod.MARKER):
+        for node, mark in item.iter_markers_with_node(allow_mod.MARKER):
             try:
-                result.append(allow_mod.build(f"marker on {item.nodeid}", mark.args, mark.kwargs))
+                result.append(allow_mod.build(_marker_source(item, node), mark.args, mark.kwargs))
             except ValueError as exc:
                 return (
                     result,
@@ -233,9 +267,26 @@ class Monitor:
                 )
         return result, ""
 
-    def allow_at_runtime(self, allowance: Allowance) -> None:
-        """What the ``noinherit`` fixture's allow() calls, for the test in progress."""
-        self.allowances.append(allowance)
+    def allow_at_runtime(self, build: Callable[[str], list[Allowance]]) -> None:
+        """What ``noinherit.allow()`` calls: ``build(source)`` gives the allowances.
+
+        Called while a fixture is being set up, they belong to that fixture
+        and hold for every child started until its teardown, whatever its
+        scope; otherwise they hold for the rest of the test in progress.
+        """
+        if self.fixture_stack:
+            key, name = self.fixture_stack[-1]
+            where = f"{name}" + (f" (set up in {self.nodeid})" if self.nodeid else "")
+            self.fixture_allowances.setdefault(key, []).extend(
+                build(f"noinherit.allow() in {where}")
+            )
+        else:
+            self.allowances += build(f"noinherit.allow() in {self.nodeid or 'the session'}")
+
+    def _granted(self) -> list[Allowance]:
+        """Every allowance in force: the test's, live fixtures', the project's."""
+        live = [a for allowed in self.fixture_allowances.values() for a in allowed]
+        return [*self.allowances, *live, *self.settings.allowances]
 
     def _ask(self, item: pytest.Item | None) -> Callable[[dict[str, Any]], bool | None]:
         def ask(descriptor: dict[str, Any]) -> bool | None:
@@ -274,9 +325,8 @@ class Monitor:
         spawns = self.tracker.drain()
         found = []
         if spawns:
-            granted = [*self.allowances, *self.settings.allowances]
             found = verdict.judge_children(
-                item.nodeid, when, spawns, granted, self._ask(item), self._came_from
+                item.nodeid, when, spawns, self._granted(), self._ask(item), self._came_from
             )
         if when == "teardown":
             found += self._table_findings(item)
@@ -285,6 +335,11 @@ class Monitor:
                 self.config.hook.pytest_noinherit_finding(item=item, finding=f)
             self.unsent[(item.nodeid, when)] = found
         failing = verdict.failing(found)
+        if self.known is not None:
+            for f in failing:
+                if self.known.knows(f):
+                    f["known"] = True
+            failing = [f for f in failing if not f.get("known")]
         if failing:
             item.add_report_section(when, "noinherit", findings.details_section(failing))
         escalated = self._warn_leaks(item, found) if self.settings.leaks else []
@@ -295,7 +350,7 @@ class Monitor:
         elif self.carried:
             failing = self.carried + failing
             self.carried = []
-        if own_outcome or not (failing or escalated):
+        if own_outcome or not (failing or escalated) or self.settings.report_only:
             return
         lines = [findings.failure_message(failing)] if failing else []
         lines += [f"DescriptorLeakWarning: {text}" for text in escalated]
@@ -351,6 +406,18 @@ class Monitor:
         return verdict.judge_table(item.nodeid, wanted, self.settings.strict, self.settings.leaks)
 
     # -- the end of the session -------------------------------------------------
+
+    def fixed(self) -> list[known_mod.Entry]:
+        """Known findings of tests that ran and no longer produced them."""
+        if self.known is None:
+            return []
+        return self.known.fixed(verdict.failing(self.summary.findings), self.ran)
+
+    def update_known(self) -> int:
+        """Rewrite the known-findings file from this run; how many entries it has."""
+        assert self.known is not None
+        self.known.write(verdict.failing(self.summary.findings), self.ran)
+        return len(self.known.entries)
 
     def finish(self) -> None:
         """Judge what arrived after the last test (late records, session teardown)."""

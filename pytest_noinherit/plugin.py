@@ -60,6 +60,8 @@ def pytest_report_header(config: pytest.Config) -> str | None:
         f" strict {'on' if s.strict else 'off'}, probe {monitor.probe_status},"
         f" patch {monitor.patch_status},"
         f" baseline {fdtable.UNIT}s: {base}"
+        + (", report-only: no outcome is changed" if s.report_only else "")
+        + (f", known findings: {s.known_path}" if s.known_path else "")
     )
 
 
@@ -68,8 +70,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if monitor is None:
         return
     monitor.finish()
+    if hasattr(session.config, "workerinput"):  # under xdist, the controller writes
+        return
+    if monitor.settings.known_update:
+        _update_known(session, monitor)
     path = monitor.settings.report_path
-    if not path or hasattr(session.config, "workerinput"):  # under xdist, the controller writes it
+    if not path:
         return
     try:
         write_json_report(path, monitor)
@@ -87,6 +93,26 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def _update_known(session: pytest.Session, monitor: Monitor) -> None:
+    """--noinherit-known-update: rewrite the known-findings file, and say so."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    try:
+        count = monitor.update_known()
+        line, red = (
+            f"noinherit: {count} known findings written to {monitor.settings.known_path}",
+            False,
+        )
+    except OSError as exc:
+        line = f"noinherit: the known-findings file was not written: {exc}"
+        red = True
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if reporter is not None:
+        reporter.write_line(line, red=red, bold=red)
+    else:
+        print(line, file=sys.stderr)
+
+
 def write_json_report(path: str, monitor: Monitor) -> None:
     """Every finding, the baseline and the settings, as one JSON document, written atomically."""
     doc = {
@@ -96,32 +122,50 @@ def write_json_report(path: str, monitor: Monitor) -> None:
             {"fd": e.fd, "kind": e.kind, "dev": e.dev, "ino": e.ino} for e in monitor.baseline
         ],
         "findings": monitor.summary.findings,
+        "fixed": [{"test": t, "type": ty, "descriptor": d} for t, ty, d in monitor.fixed()],
     }
     report.write(path, doc)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     monitor = terminalreporter.config.stash.get(MONITOR, None)
-    if monitor is not None:
+    if monitor is not None and not _only_listing(terminalreporter.config):
         findings.write_summary(
-            terminalreporter, monitor.summary, monitor.baseline, monitor.tracker.problems
+            terminalreporter,
+            monitor.summary,
+            monitor.baseline,
+            monitor.tracker.problems,
+            fixed=monitor.fixed(),
+            known_path=monitor.settings.known_path,
         )
 
 
-class NoinheritControls:
-    """What the ``noinherit`` fixture gives a test."""
+def _only_listing(config: pytest.Config) -> bool:
+    """--collect-only, --fixtures, --markers and the like run no test: nothing to say."""
+    option = config.option
+    return any(
+        getattr(option, name, False)
+        for name in ("collectonly", "showfixtures", "show_fixtures_per_test", "markers", "help")
+    )
 
-    def __init__(self, monitor: Monitor, item: pytest.Item) -> None:
+
+class NoinheritControls:
+    """What the ``noinherit`` fixture gives tests and fixtures of every scope."""
+
+    def __init__(self, monitor: Monitor) -> None:
         self._monitor = monitor
-        self._item = item
 
     def allow(self, *targets: int | Any, kind: str | None = None, path: str | None = None) -> None:
-        """Allow children of this test to receive these descriptors.
+        """Allow children to receive these descriptors.
 
-        Each target is a descriptor number or anything with ``fileno()`` (a
-        file, a socket); such an object allows that very open file only.  On
-        Windows numbers are handle values, as the reports show them, and an
-        object stands for the handle behind it.
+        Called from a test, it holds for the rest of that test.  Called while
+        a fixture of any scope is being set up, it holds for every child
+        started until that fixture's teardown (a server fixture declaring
+        what it hands to its workers).  Each target is a descriptor number
+        or anything with ``fileno()`` (a file, a socket); such an object
+        allows that very open file only.  On Windows numbers are handle
+        values, as the reports show them, and an object stands for the
+        handle behind it.
         """
         fds, identities = [], {}
         for target in targets:
@@ -145,18 +189,16 @@ class NoinheritControls:
             if entry is not None:
                 identities[fd] = entry.identity
         kwargs = {k: v for k, v in (("kind", kind), ("path", path)) if v is not None}
-        source = f"noinherit.allow() in {self._item.nodeid}"
+        # One allowance per target: each object allows its own open file.
+        groups = [[fd] for fd in fds] if len(fds) > 1 else [fds]
         try:
-            if len(fds) > 1:
-                for fd in fds:
-                    self._monitor.allow_at_runtime(
-                        allowances.build(source, [fd], kwargs, identities)
-                    )
-                return
-            granted = allowances.build(source, fds, kwargs, identities)
+            for group in groups:  # validated before anything is granted
+                allowances.build("", group, kwargs, identities)
         except ValueError as exc:
             raise TypeError(f"noinherit.allow(): {exc}") from None
-        self._monitor.allow_at_runtime(granted)
+        self._monitor.allow_at_runtime(
+            lambda source: [allowances.build(source, g, kwargs, identities) for g in groups]
+        )
 
 
 def _fileno(obj: Any) -> int:
@@ -181,7 +223,11 @@ def _table_number(obj: Any) -> int:
     return int(getattr(msvcrt, "get_osfhandle")(fd))  # noqa: B009  # typeshed: win32 only
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def noinherit(request: pytest.FixtureRequest) -> NoinheritControls:
-    """Allow descriptors to reach this test's children at run time: ``noinherit.allow(fd)``."""
-    return NoinheritControls(request.config.stash[MONITOR], request.node)
+    """Allow descriptors to reach children at run time: ``noinherit.allow(fd)``.
+
+    Session-scoped, so fixtures of every scope can use it; what an allowance
+    covers depends on where allow() is called (see NoinheritControls.allow).
+    """
+    return NoinheritControls(request.config.stash[MONITOR])

@@ -13,10 +13,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import stat
 import struct
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from pytest_noinherit import recorddir
 from pytest_noinherit.recorddir import RecordDirectory, RecordError
@@ -24,7 +26,9 @@ from pytest_noinherit.recorddir import RecordDirectory, RecordError
 __all__ = [
     "DIR_ENV",
     "ProbeEnvironment",
+    "ProbeFd",
     "ProbeRecord",
+    "ProbeSocket",
     "RecordError",
     "library",
     "parse_record",
@@ -40,6 +44,20 @@ _NAME = "libnoinherit-probe.so"
 _MAGIC = b"noinherit-probe 1"
 
 
+class ProbeSocket(NamedTuple):
+    """What a socket's ``sock`` line says: the arguments of :func:`fdtable.socket_target`.
+
+    family and type are -1 where getsockopt() would not tell; an address is
+    the raw sockaddr bytes, or None where there is none (no peer, a family
+    without addresses).
+    """
+
+    family: int
+    type: int
+    local: bytes | None
+    peer: bytes | None
+
+
 @dataclasses.dataclass(frozen=True)
 class ProbeFd:
     """One descriptor a process held right after exec."""
@@ -51,6 +69,8 @@ class ProbeFd:
     ino: int
     mode: int
     target: str
+    #: Family, type and addresses, for a socket whose record has them.
+    sock: ProbeSocket | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +106,10 @@ _PLAIN = bytes(range(0x21, 0x7F)).replace(b"\\", b"")
 _ESCAPED = re.compile(rb"(?:[\x21-\x5b\x5d-\x7e]+|\\x[0-9a-fA-F]{2})*")
 _SIGNED = rb" (-?[0-9]{1,20})"
 _FD_LINE = re.compile(rb"fd ([0-9]{1,20})" + _SIGNED * 5 + rb" ([^ ]*)")
+# A sock line: fd, SO_DOMAIN, SO_TYPE, then each address as the hex of at
+# most sizeof(struct sockaddr_storage) bytes, or "-" for none.
+_ADDRESS = rb" (-|(?:[0-9a-f]{2}){0,128})"
+_SOCK_LINE = re.compile(rb"sock ([0-9]{1,20})" + _SIGNED * 2 + _ADDRESS * 2)
 _FIELDS = (b"pid", b"ppid", b"time", b"exe", b"argv")
 
 
@@ -126,6 +150,22 @@ def _fd_line(line: bytes) -> ProbeFd:
     return ProbeFd(_number(words[0]), fdfl, flfl, dev, ino, mode, _unescape(words[6]))
 
 
+def _sock_line(line: bytes, owner: ProbeFd | None) -> ProbeFd:
+    """owner with the socket details of the ``sock`` line that follows its fd line."""
+    m = _SOCK_LINE.fullmatch(line)
+    if m is None:
+        raise RecordError("bad sock line")
+    fd, family, type_ = map(int, m.groups()[:3])
+    if owner is None or owner.fd != fd:
+        raise RecordError(f"sock line without its fd line: {line[:40]!r}")
+    if owner.sock is not None:
+        raise RecordError(f"second sock line for fd {fd}")
+    if stat.S_IFMT(owner.mode) != stat.S_IFSOCK:
+        raise RecordError(f"sock line for fd {fd}, which is no socket")
+    local, peer = (None if a == b"-" else bytes.fromhex(a.decode("ascii")) for a in m.groups()[3:])
+    return dataclasses.replace(owner, sock=ProbeSocket(family, type_, local, peer))
+
+
 def parse_record(data: bytes) -> ProbeRecord:
     """Parse one record; RecordError for anything the probe would not write."""
     if len(data) > RECORD_LIMIT:
@@ -140,10 +180,16 @@ def parse_record(data: bytes) -> ProbeRecord:
     fields: dict[bytes, bytes] = {}
     fds: list[ProbeFd] = []
     truncated = False
+    last: ProbeFd | None = None  # the fd line just before, which a sock line extends
     for line in lines[1:-1]:
         if line[:3] == b"fd ":
-            fds.append(_fd_line(line))
+            last = _fd_line(line)
+            fds.append(last)
             continue
+        if line[:5] == b"sock ":
+            last = fds[-1] = _sock_line(line, last)
+            continue
+        last = None
         key, _, rest = line.partition(b" ")
         if key == b"truncated" and not rest:
             truncated = True

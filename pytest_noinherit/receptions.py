@@ -13,6 +13,8 @@ import contextlib
 import dataclasses
 import json
 import os
+import sys
+import sysconfig
 from collections.abc import Iterable
 from typing import Any, Callable
 
@@ -49,6 +51,7 @@ class Spawn:
     hint: str = ""  # what the caller can change: "close_fds=False", ...
     declared: tuple[int, ...] = ()  # pass_fds, file-action targets, kept on purpose
     incomplete: str = ""
+    site: str = ""  # where the test started it: "tests/t.py:12 in test_x (subprocess.run)"
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict for the record directory and the JSON report."""
@@ -76,7 +79,7 @@ class Spawn:
         if not isinstance(received, list):
             raise ValueError("received must be a list")
         descs = tuple(_descriptor_from_json(d) for d in received)
-        texts = [data.get(k, "") for k in ("route", "how", "hint", "incomplete")]
+        texts = [data.get(k, "") for k in ("route", "how", "hint", "incomplete", "site")]
         if not all(isinstance(t, str) for t in texts):
             raise ValueError("route, how and hint must be strings")
         declared = data.get("declared", [])
@@ -85,8 +88,8 @@ class Spawn:
             and all(isinstance(d, int) and not isinstance(d, bool) for d in declared)
         ):
             raise ValueError("declared must be a list of integers")
-        route, how, hint, incomplete = (str(t) for t in texts)
-        return cls(route, pid, tuple(argv), how, descs, hint, tuple(declared), incomplete)
+        route, how, hint, incomplete, site = (str(t) for t in texts)
+        return cls(route, pid, tuple(argv), how, descs, hint, tuple(declared), incomplete, site)
 
 
 def _descriptor_from_json(data: object) -> ChildDescriptor:
@@ -175,6 +178,58 @@ def kept_on_purpose(at_fork: FdTable | None, now: FdTable) -> set[int]:
         for fd, e in held.items()
         if cleaned or fd not in before or before[fd].identity != e.identity
     }
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_STDLIB = tuple({os.path.join(sysconfig.get_paths()[k], "") for k in ("stdlib", "platstdlib")})
+_FRAMES = 40  # a spawn is rarely deeper than this below the code that asked for it
+
+
+def call_site(route: str, depth: int = 2) -> str:
+    """Where the caller's code started a child: ``tests/t.py:12 in test_x (subprocess.run)``.
+
+    The first frame outside the standard library and this package is the
+    caller's; the outermost standard-library function below it is the API
+    it used (``subprocess.run``, ``os.spawnv``); without one, ``route``.
+    """
+    frame: Any = sys._getframe(depth)
+    api = route
+    for _ in range(_FRAMES):
+        if frame is None:
+            break
+        name = frame.f_code.co_filename
+        if name.startswith("<frozen "):  # a frozen stdlib module: "<frozen os>"
+            api = f"{name[8:-1]}.{_function(frame)}"
+        elif name.startswith(_STDLIB):
+            module = os.path.splitext(os.path.relpath(name, _stdlib_root(name)))[0]
+            api = f"{module.replace(os.sep, '.')}.{_function(frame)}"
+        elif not name.startswith(_PACKAGE):
+            return f"{_shown_path(name)}:{frame.f_lineno} in {frame.f_code.co_name} ({api})"
+        frame = frame.f_back
+    return api
+
+
+def _function(frame: Any) -> str:
+    """A frame's function as its caller wrote it: ``Popen``, not ``Popen.__init__``."""
+    code = frame.f_code
+    name = str(getattr(code, "co_qualname", code.co_name))  # co_qualname: Python 3.11
+    if name == "__init__":
+        owner = frame.f_locals.get("self")
+        name = type(owner).__name__ if owner is not None else name
+    return name.removesuffix(".__init__") if hasattr(str, "removesuffix") else name
+
+
+def _stdlib_root(name: str) -> str:
+    return next(root for root in _STDLIB if name.startswith(root))
+
+
+def _shown_path(name: str) -> str:
+    """A path relative to the working directory when it lies below it."""
+    try:
+        rel = os.path.relpath(name)
+    except ValueError:  # another drive on Windows
+        return name
+    return name if rel.startswith("..") else rel
 
 
 def argv_of(argv: Iterable[object]) -> tuple[str, ...]:

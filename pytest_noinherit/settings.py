@@ -6,6 +6,7 @@ Precedence: ini < command line; markers refine per test (see allowances).
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 
@@ -21,6 +22,15 @@ LEAKS_HELP = (
     "also warn (DescriptorLeakWarning) about every descriptor a test or a fixture leaves open,"
     " inheritable or not"
 )
+REPORT_ONLY_HELP = (
+    "judge and report every finding as usual, but change no test outcome and no exit status"
+    " (for adopting the plugin)"
+)
+KNOWN_HELP = (
+    "a known-findings file: findings listed there are reported as known and do not fail,"
+    " listed ones no longer seen are reported as fixed"
+)
+KNOWN_UPDATE_HELP = "rewrite the known-findings file with this run's findings"
 PROBE_MODES = ("on", "off", "auto")
 
 
@@ -34,6 +44,9 @@ class Settings:
     probe: str
     patch: bool
     leaks: bool = False
+    report_only: bool = False
+    known_path: str | None = None
+    known_update: bool = False
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -51,12 +64,21 @@ def add_options(parser: pytest.Parser) -> None:
     group.addoption("--noinherit-probe", metavar="MODE", default=None, help=PROBE_HELP)
     group.addoption("--noinherit-patch", action="store_true", default=None, help=PATCH_HELP)
     group.addoption("--noinherit-leaks", action="store_true", default=None, help=LEAKS_HELP)
+    group.addoption(
+        "--noinherit-report-only", action="store_true", default=None, help=REPORT_ONLY_HELP
+    )
+    group.addoption("--noinherit-known", metavar="PATH", default=None, help=KNOWN_HELP)
+    group.addoption(
+        "--noinherit-known-update", action="store_true", default=False, help=KNOWN_UPDATE_HELP
+    )
     parser.addini("noinherit_strict", STRICT_HELP, type="bool", default=False)
     parser.addini("noinherit_allow", ALLOW_HELP, type="linelist", default=[])
     parser.addini("noinherit_report", REPORT_HELP, default="")
     parser.addini("noinherit_probe", PROBE_HELP, default="auto")
     parser.addini("noinherit_patch", PATCH_HELP, type="bool", default=False)
     parser.addini("noinherit_leaks", LEAKS_HELP, type="bool", default=False)
+    parser.addini("noinherit_report_only", REPORT_ONLY_HELP, type="bool", default=False)
+    parser.addini("noinherit_known", KNOWN_HELP, default="")
 
 
 def resolve(config: pytest.Config) -> Settings:
@@ -70,6 +92,18 @@ def resolve(config: pytest.Config) -> Settings:
     leaks = config.getoption("noinherit_leaks")
     if leaks is None:
         leaks = _ini_bool(config, "noinherit_leaks")
+    report_only = config.getoption("noinherit_report_only")
+    if report_only is None:
+        report_only = _ini_bool(config, "noinherit_report_only")
+    known_path = config.getoption("noinherit_known") or str(config.getini("noinherit_known"))
+    known_update = bool(config.getoption("noinherit_known_update"))
+    if known_update and not known_path:
+        raise pytest.UsageError(
+            "--noinherit-known-update: name the file with --noinherit-known=PATH"
+            " (or ini noinherit_known)"
+        )
+    if known_path:
+        known_path = os.path.join(str(config.invocation_params.dir), known_path)
     probe = config.getoption("noinherit_probe")
     source = "--noinherit-probe"
     if probe is None:
@@ -102,6 +136,9 @@ def resolve(config: pytest.Config) -> Settings:
         probe=probe,
         patch=bool(patch),
         leaks=bool(leaks),
+        report_only=bool(report_only),
+        known_path=known_path or None,
+        known_update=known_update,
     )
 
 

@@ -51,6 +51,7 @@ from pytest_noinherit.receptions import (
     Origins,
     Spawn,
     argv_of,
+    call_site,
     describe_entry,
     kept_on_purpose,
     read_child_table,
@@ -228,11 +229,9 @@ class SpawnTracker:
                 seen = [e for e in changed if held.get(e.fd) == e.identity]
                 received = sorted(steady + seen, key=lambda e: e.fd)
         if received or (self.probe_on and pid is not None):
-            self._add(
-                Spawn(
-                    route, pid, argv_of(argv), how, tuple(map(self.describe, received)), hint, kept
-                )
-            )
+            descs = tuple(map(self.describe, received))
+            site = call_site(route, 1)
+            self._add(Spawn(route, pid, argv_of(argv), how, descs, hint, kept, site=site))
 
     # -- wrappers ---------------------------------------------------------------
 
@@ -370,7 +369,10 @@ class SpawnTracker:
             return  # with the probe on, the parent must hear of every fork child
         argv = args[1] if len(args) > 1 else ()
         hint = "fork+exec without closing it"
-        write_record(self.record_dir, dataclasses.replace(spawn, argv=argv_of(argv), hint=hint))
+        spawn = dataclasses.replace(
+            spawn, argv=argv_of(argv), hint=hint, site=call_site("os.exec*", 1)
+        )
+        write_record(self.record_dir, spawn)
 
 
 class _PreexecWitness:
@@ -400,7 +402,11 @@ class _PreexecWitness:
                 table, self.at_fork, AFTER_PREEXEC, self.pass_fds
             )
             spawn = dataclasses.replace(
-                spawn, route="subprocess.Popen", argv=self.argv, hint="close_fds=False"
+                spawn,
+                route="subprocess.Popen",
+                argv=self.argv,
+                hint="close_fds=False",
+                site=call_site("subprocess.Popen", 1),
             )
             write_record(self.tracker.record_dir, spawn)
 

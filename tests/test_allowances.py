@@ -112,7 +112,12 @@ def test_marker_on_a_class_and_a_module(fdkit: pytest.Pytester) -> None:
     )
     result = fdkit.runpytest("-p", "noinherit")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["allowed by marker on *::TestPipes::test_in_class: kind=pipe:"])
+    result.stdout.fnmatch_lines(
+        [
+            "allowed by pytestmark of test_marker_on_a_class_and_a_module.py: 50:",
+            "allowed by class marker on *::TestPipes: kind=pipe:",
+        ]
+    )
 
 
 def test_noinherit_fixture_allows_numbers_files_and_sockets(fdkit: pytest.Pytester) -> None:
@@ -410,3 +415,64 @@ def test_command_line_allowance_and_ini_report(fdkit: pytest.Pytester) -> None:
     assert (fdkit.path / "found.json").exists()
     result = fdkit.runpytest("-p", "noinherit", "--noinherit-allow", "kind=nonsense")
     result.stderr.fnmatch_lines(["ERROR: --noinherit-allow: unknown kind 'nonsense'*"])
+
+
+SERVER = """
+import os, socket, subprocess, sys, pytest
+
+@pytest.fixture(scope="session")
+def server(noinherit):
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.set_inheritable(True)
+    {declare}
+    # A worker the fixture starts, and one per test below: all get the socket.
+    worker = subprocess.Popen(["sleep", "0.5"], close_fds=False)
+    yield listener
+    worker.wait()
+    listener.close()
+
+def test_one(server):
+    subprocess.run(["/bin/true"], close_fds=False)
+
+def test_two(server):
+    subprocess.run(["/bin/true"], close_fds=False)
+
+def test_after_without_the_fixture():
+    pass
+"""
+
+
+@pytest.mark.parametrize("order", ["in-order", "reversed"])
+def test_a_session_fixture_declares_what_it_hands_to_children(
+    pytester: pytest.Pytester, order: str
+) -> None:
+    """noinherit.allow() in a session fixture's setup holds until its teardown, in any order."""
+    pytester.makepyfile(test_server=SERVER.format(declare="noinherit.allow(listener)"))
+    ids = ["test_server.py::test_one", "test_server.py::test_two"]
+    args = ids if order == "in-order" else ids[::-1]
+    result = pytester.runpytest("-p", "noinherit", *args)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "allowed by noinherit.allow() in the session-scoped fixture 'server'"
+            " (set up in test_server.py::test_*): *that open file:",
+        ]
+    )
+
+
+@pytest.mark.parametrize("order", ["in-order", "reversed"])
+def test_an_undeclared_session_fixture_fails_the_tests_whose_children_get_it(
+    pytester: pytest.Pytester, order: str
+) -> None:
+    """Without the declaration, each test whose child receives the socket fails, in any order."""
+    pytester.makepyfile(test_server=SERVER.format(declare="pass"))
+    ids = ["test_server.py::test_one", "test_server.py::test_two"]
+    args = ids if order == "in-order" else ids[::-1]
+    result = pytester.runpytest("-p", "noinherit", "-rfE", *args)
+    # The first test's setup started the fixture's worker: an error there;
+    # the second test's own child fails its call.
+    result.assert_outcomes(failed=1, errors=1)
+    first, second = (a.partition("::")[2] for a in args)
+    result.stdout.fnmatch_lines([f"FAILED test_server.py::{second} - Failed: noinherit: *"])
+    result.stdout.fnmatch_lines([f"ERROR test_server.py::{first} - Failed: noinherit: *"])
+    result.stdout.fnmatch_lines(["    came from: the session-scoped fixture 'server'"])

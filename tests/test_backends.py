@@ -537,3 +537,94 @@ def test_describe_closed_descriptor_raises_ebadf(impl: ModuleType) -> None:
     with pytest.raises(OSError) as info:
         _describe(impl, r)
     assert info.value.errno == errno.EBADF
+
+
+# -- socket_target(): the exec probe's socket details, in describe()'s words ---
+
+
+def _raw_address(call: str, fd: int) -> bytes | None:
+    """getsockname() or getpeername() bytes as the probe records them; None when it fails."""
+    buf = ctypes.create_string_buffer(128)  # sizeof(struct sockaddr_storage)
+    size = ctypes.c_uint(len(buf))
+    if getattr(ctypes.CDLL(None), call)(fd, buf, ctypes.byref(size)) != 0:
+        return None
+    return buf.raw[: min(size.value, len(buf))]
+
+
+def _probed(sock: socket.socket) -> tuple[str, str]:
+    """socket_target() of what the probe reads of sock: SO_DOMAIN, SO_TYPE, both addresses."""
+    return fdtable.socket_target(
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_DOMAIN),
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE),
+        _raw_address("getsockname", sock.fileno()),
+        _raw_address("getpeername", sock.fileno()),
+    )
+
+
+@contextlib.contextmanager
+def _socket_zoo() -> Iterator[dict[str, socket.socket]]:
+    """Bound, connected, abstract and unnamed sockets of the families the probe decodes."""
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory())
+        socks: dict[str, socket.socket] = {}
+
+        def keep(name: str, sock: socket.socket) -> socket.socket:
+            socks[name] = stack.enter_context(sock)
+            return sock
+
+        server = keep("unix path", socket.socket(socket.AF_UNIX))
+        server.bind(os.path.join(tmp, "app\nodd.sock"))
+        server.listen()
+        keep("unix client", socket.socket(socket.AF_UNIX)).connect(server.getsockname())
+        abstract = keep("unix abstract", socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+        abstract.bind(b"\0noinherit-target-%d" % os.getpid())
+        a, b = socket.socketpair()
+        keep("unix unnamed", a)
+        keep("unix unnamed peer", b)
+        listener = keep("inet listening", socket.socket())
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        keep("inet client", socket.create_connection(listener.getsockname()))
+        keep("inet unbound", socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        if socket.has_ipv6:
+            with contextlib.suppress(OSError):  # no ::1 in this network namespace
+                six = socket.socket(socket.AF_INET6)
+                six.bind(("::1", 0))
+                six.listen()
+                keep("inet6 listening", six)
+                keep("inet6 client", socket.create_connection(six.getsockname()[:2]))
+                keep("inet6 accepted", six.accept()[0])
+        if hasattr(socket, "AF_NETLINK"):
+            netlink = keep("netlink", socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0))
+            netlink.bind((0, 1))
+        yield socks
+
+
+def test_socket_target_matches_describe(impl: ModuleType) -> None:
+    """socket_target() of a socket's raw addresses is what describe() says of that socket."""
+    with _socket_zoo() as socks:
+        found = {name: _probed(sock) for name, sock in socks.items()}
+        described = {}
+        for name, sock in socks.items():
+            d = _describe(impl, sock.fileno())
+            described[name] = (d.kind, str(d))
+    assert found == described
+    assert found["unix path"][1].endswith("/app\\x0aodd.sock")
+    assert found["unix unnamed"][1] == "AF_UNIX/SOCK_STREAM (unbound)"
+    assert found["unix abstract"][1] == f"AF_UNIX/SOCK_DGRAM @noinherit-target-{os.getpid()}"
+
+
+def test_socket_target_of_what_the_system_would_not_tell() -> None:
+    """An unknown family or type and missing addresses read as describe() would show them."""
+    unknown = ("socket", "AF_UNKNOWN/SOCK_UNKNOWN (unbound)")
+    assert fdtable.socket_target(-1, -1, None, None) == unknown
+    assert fdtable.socket_target(socket.AF_UNIX, socket.SOCK_STREAM, b"", None) == (
+        "socket",
+        "AF_UNIX/SOCK_STREAM (unbound)",
+    )
+    # A family neither backend decodes (AF_XDP) is shown without its addresses.
+    xdp = "AF_XDP" if hasattr(socket, "AF_XDP") else "AF_44"
+    assert fdtable.socket_target(44, socket.SOCK_RAW, b"\x2c\x00\x01", None) == (
+        "socket",
+        f"{xdp}/SOCK_RAW (unbound)",
+    )

@@ -474,5 +474,5 @@ def test_run_survives_odd_records_and_keeps_the_status(capsys: pytest.CaptureFix
     script = 'touch "$NOINHERIT_PROBE_DIR/1-\u00b2.rec"; mkdir "$NOINHERIT_PROBE_DIR/d.rec"; exit 3'
     assert runner.main(["run", "--", "sh", "-c", script]) == 3
     err = capsys.readouterr().err
-    assert "noinherit: record ignored: 1-\u00b2.rec: not a probe record" in err
-    assert "noinherit: record ignored: d.rec: a directory, not a file" in err
+    assert "UNREADABLE record: 1-\u00b2.rec: not a probe record" in err
+    assert "UNREADABLE record: d.rec: a directory, not a file" in err

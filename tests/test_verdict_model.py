@@ -311,7 +311,7 @@ def test_probe_sees_the_race_too(pytester: pytest.Pytester) -> None:
 
 
 @needs_probe
-@pytest.mark.parametrize("how", ["os.system"])
+@pytest.mark.parametrize("how", ["os.system", "ctypes"])
 def test_probe_record_matches_path_allowances(pytester: pytest.Pytester, how: str) -> None:
     """A socket seen by the probe is described with its address, so path= allowances match."""
     start = 'os.system("true")' if how == "os.system" else 'ctypes.CDLL(None).system(b"true")'

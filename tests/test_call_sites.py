@@ -1,0 +1,84 @@
+"""Every violation says where the test started the child: file, line, function and API."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+ROUTES = """import asyncio, os, pty, subprocess, _posixsubprocess
+import pytest
+
+@pytest.fixture
+def leak():
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    yield w
+    os.close(r); os.close(w)
+
+def test_run(leak):
+    subprocess.run(["/bin/true"], close_fds=False)  # site
+
+def test_popen(leak):
+    subprocess.Popen(["/bin/true"], close_fds=False).wait()  # site
+
+def test_system(leak):
+    os.system("true")  # site
+
+def test_spawnv(leak):
+    os.spawnv(os.P_WAIT, "/bin/true", ["true"])  # site
+
+def test_posix_spawn(leak):
+    os.waitpid(os.posix_spawn("/bin/true", ["true"], os.environ), 0)  # site
+
+def test_fork_exec(leak):
+    pid = os.fork()
+    if pid == 0:
+        os.execv("/bin/true", ["true"])  # site
+    os.waitpid(pid, 0)
+
+def test_pty_spawn(leak):
+    pty.spawn(["/bin/true"])  # site
+
+def test_asyncio(leak):
+    async def main():
+        p = await asyncio.create_subprocess_exec("/bin/true", close_fds=False)  # site
+        await p.wait()
+    asyncio.run(main())
+"""
+
+API = {
+    "test_run": "test_run (subprocess.run)",
+    "test_popen": "test_popen (subprocess.Popen)",
+    "test_system": "test_system (os.system)",
+    "test_spawnv": "test_spawnv (os.spawnv)",
+    "test_posix_spawn": "test_posix_spawn (os.posix_spawn)",
+    "test_fork_exec": "test_fork_exec (os.exec*)",
+    "test_pty_spawn": "test_pty_spawn (pty.spawn)",
+    "test_asyncio": "main (asyncio.subprocess.create_subprocess_exec)",
+}
+# The lines marked "# site", in the order of the tests above.
+LINES = [n for n, line in enumerate(ROUTES.splitlines(), 1) if line.endswith("# site")]
+EXPECTED = {test: f"{n} in {api}" for (test, api), n in zip(API.items(), LINES)}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        pytest.param([], id="plain"),
+        pytest.param(["--noinherit-strict"], id="probe"),
+        pytest.param(["-n", "2"], id="xdist"),
+    ],
+)
+def test_each_route_names_the_line_of_the_test(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, args: list[str]
+) -> None:
+    """Under each mode, every route's violation says test_routes.py:LINE in FUNC (API)."""
+    if "-n" in args:
+        monkeypatch.setenv("PYTEST_ADDOPTS", "-p no:randomly")
+    pytester.makepyfile(test_routes=ROUTES)
+    result = pytester.runpytest("-p", "noinherit", *args)
+    result.assert_outcomes(failed=len(EXPECTED))
+    text = result.stdout.str()
+    for test, where in EXPECTED.items():
+        assert re.search(rf"started at test_routes\.py:{re.escape(where)}", text), (test, text)
