@@ -267,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"no-plugin runs: {' '.join(runner.command(Path('SUITE'), False))}")
     if runner.dropped:
         print(f"removed from the environment: {', '.join(runner.dropped)}")
+    if os.environ.get("PYTHONDONTWRITEBYTECODE"):
+        print("PYTHONDONTWRITEBYTECODE is set: modules without a .pyc compile on every run")
     backend = os.environ.get("PYTEST_NOINHERIT_BACKEND")
     print(f"PYTEST_NOINHERIT_BACKEND={backend}" if backend else "backend: auto")
     print(f"{args.rounds} interleaved rounds after one warm-up each; medians")

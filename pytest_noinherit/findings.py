@@ -21,6 +21,7 @@ LATENT = "latent"  # default mode: the same, listed only ("would fail under stri
 LEAK = "leak"  # --noinherit-leaks: any descriptor outlived its test (a warning)
 ALLOWED = "allowed"  # a child received it, an allowance said yes
 INCOMPLETE = "incomplete"  # a child's table could not be seen whole
+RECEPTION = "reception"  # not a finding: one child and what it received, for the JSON report
 
 
 def descriptor_json(desc: ChildDescriptor) -> dict[str, Any]:
@@ -55,6 +56,23 @@ def child_finding(
         "children": 1,  # children of this phase that received it
         "came_from": "",  # which test (or import time) first held it inheritable
         **descriptor_json(desc),
+    }
+
+
+def reception_record(nodeid: str, phase: str, spawn: Spawn) -> dict[str, Any]:
+    """One child that received undeclared descriptors, whatever the verdict on them."""
+    return {
+        "type": RECEPTION,
+        "test": nodeid,
+        "phase": phase,
+        "pid": spawn.pid,
+        "argv": list(spawn.argv),
+        "route": spawn.route,
+        "how": spawn.how,
+        "site": spawn.site,
+        "declared": list(spawn.declared),
+        "incomplete": spawn.incomplete,
+        "received": [descriptor_json(d) for d in spawn.received],
     }
 
 

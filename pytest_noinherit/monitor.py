@@ -320,6 +320,9 @@ class Monitor:
         for f in found:
             self.config.hook.pytest_noinherit_finding(item=None, finding=f)
         self.summary.add(found)
+        self.summary.add(
+            findings.reception_record("(outside any test)", "outside", s) for s in spawns
+        )
 
     def _judge(self, item: pytest.Item, when: str, own_outcome: bool) -> None:
         spawns = self.tracker.drain()
@@ -333,7 +336,10 @@ class Monitor:
         if found:
             for f in found:
                 self.config.hook.pytest_noinherit_finding(item=item, finding=f)
-            self.unsent[(item.nodeid, when)] = found
+        if found or spawns:
+            # The receptions travel with the findings (xdist), for the JSON report.
+            records = [findings.reception_record(item.nodeid, when, s) for s in spawns]
+            self.unsent[(item.nodeid, when)] = found + records
         failing = verdict.failing(found)
         if self.known is not None:
             for f in failing:

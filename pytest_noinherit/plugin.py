@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
+import platform
 import socket
 import sys
 from typing import TYPE_CHECKING, Any
@@ -114,17 +116,44 @@ def _update_known(session: pytest.Session, monitor: Monitor) -> None:
 
 
 def write_json_report(path: str, monitor: Monitor) -> None:
-    """Every finding, the baseline and the settings, as one JSON document, written atomically."""
+    """The JSON report (``report-schema.json`` in the package), written atomically."""
+    s = monitor.settings
+    everything = monitor.summary.findings
     doc = {
+        "schema_version": report.SCHEMA_VERSION,
+        "plugin_version": _plugin_version(),
+        "python_version": platform.python_version(),
+        "platform": sys.platform,
         "backend": fdtable.backend(),
-        "strict": monitor.settings.strict,
+        "unit": fdtable.UNIT,
+        "settings": {
+            "strict": s.strict,
+            "probe": s.probe,
+            "probe_status": monitor.probe_status,
+            "patch": s.patch,
+            "patch_status": monitor.patch_status,
+            "leaks": s.leaks,
+            "report_only": s.report_only,
+            "known": s.known_path,
+            "allowances": [str(a) for a in s.allowances],
+        },
+        "strict": s.strict,  # kept from the first version of the report
         "baseline": [
             {"fd": e.fd, "kind": e.kind, "dev": e.dev, "ino": e.ino} for e in monitor.baseline
         ],
-        "findings": monitor.summary.findings,
+        "findings": [f for f in everything if f["type"] != findings.RECEPTION],
+        "receptions": [f for f in everything if f["type"] == findings.RECEPTION],
         "fixed": [{"test": t, "type": ty, "descriptor": d} for t, ty, d in monitor.fixed()],
+        "problems": list(dict.fromkeys(monitor.tracker.problems)),
     }
     report.write(path, doc)
+
+
+def _plugin_version() -> str:
+    try:
+        return importlib.metadata.version("pytest-noinherit")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree
+        return "unknown"
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

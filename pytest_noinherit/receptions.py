@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import sys
 import sysconfig
 from collections.abc import Iterable
@@ -182,6 +183,8 @@ def kept_on_purpose(at_fork: FdTable | None, now: FdTable) -> set[int]:
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _STDLIB = tuple({os.path.join(sysconfig.get_paths()[k], "") for k in ("stdlib", "platstdlib")})
+# site-packages may lie inside the stdlib folder; what is installed there is not stdlib.
+_INSTALLED = re.compile(r"[/\\](site|dist)-packages[/\\]")
 _FRAMES = 40  # a spawn is rarely deeper than this below the code that asked for it
 
 
@@ -198,12 +201,14 @@ def call_site(route: str, depth: int = 2) -> str:
         if frame is None:
             break
         name = frame.f_code.co_filename
-        if name.startswith("<frozen "):  # a frozen stdlib module: "<frozen os>"
+        if name.startswith(_PACKAGE):
+            pass
+        elif name.startswith("<frozen "):  # a frozen stdlib module: "<frozen os>"
             api = f"{name[8:-1]}.{_function(frame)}"
-        elif name.startswith(_STDLIB):
+        elif name.startswith(_STDLIB) and not _INSTALLED.search(name):
             module = os.path.splitext(os.path.relpath(name, _stdlib_root(name)))[0]
             api = f"{module.replace(os.sep, '.')}.{_function(frame)}"
-        elif not name.startswith(_PACKAGE):
+        else:
             return f"{_shown_path(name)}:{frame.f_lineno} in {frame.f_code.co_name} ({api})"
         frame = frame.f_back
     return api

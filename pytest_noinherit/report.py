@@ -37,6 +37,17 @@ _NOT_REGULAR = (
 )
 
 
+SCHEMA_VERSION = 1
+SCHEMA_FILE = "report-schema.json"  # shipped in the package
+
+
+def schema() -> dict[str, Any]:
+    """The JSON Schema every report follows (draft 2020-12)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), SCHEMA_FILE)
+    with open(path, encoding="utf-8") as f:
+        return dict(json.load(f))
+
+
 class ReportError(OSError):
     """The report cannot be written at that path; str() is the reason, in one line."""
 

@@ -8,7 +8,14 @@ installed (STYLE.md).
 
 from __future__ import annotations
 
+import json
+import stat
+from collections.abc import Iterator
+
+import jsonschema
 import pytest
+
+from pytest_noinherit import report
 
 # A small module the inner test files import (``from fdkit import ...``): the
 # inner session runs with its rootdir, pytester.path, on sys.path.  Every
@@ -73,3 +80,25 @@ def fdkit(pytester: pytest.Pytester) -> pytest.Pytester:
     """pytester, with the ``fdkit`` helper module written next to the inner tests."""
     pytester.makepyfile(fdkit=FDKIT)
     return pytester
+
+
+@pytest.fixture(autouse=True)
+def _reports_follow_the_schema(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every JSON report an inner session writes is validated against the shipped schema."""
+    yield
+    if "pytester" not in request.fixturenames:
+        return
+    pytester: pytest.Pytester = request.getfixturevalue("pytester")
+    validator = jsonschema.Draft202012Validator(report.schema())
+    for path in pytester.path.rglob("*.json"):
+        try:
+            if not stat.S_ISREG(path.lstat().st_mode):  # a FIFO would block the read
+                continue
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(doc, dict) and "schema_version" in doc and "findings" in doc:
+            errors = sorted(validator.iter_errors(doc), key=lambda e: list(e.path))
+            assert not errors, f"{path.name}: " + "; ".join(
+                f"{list(e.path)}: {e.message}" for e in errors[:5]
+            )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 
@@ -268,3 +269,41 @@ def test_xdist_violation_reaches_the_controller(
     grouped = findings_by_type(fdkit.path / "out.json")
     assert [f["fd"] for f in grouped["violation"]] == [50]
     assert [f["fd"] for f in grouped["allowed"]] == [51]
+
+
+def test_report_is_written_when_the_run_is_interrupted(fdkit: pytest.Pytester) -> None:
+    """A KeyboardInterrupt ends the session early; the report is still written, findings and all."""
+    fdkit.makepyfile(
+        """
+        from fdkit import inheritable_pipe, spawn
+
+        def test_leaks():
+            with inheritable_pipe(at=50):
+                spawn()
+
+        def test_interrupted():
+            raise KeyboardInterrupt
+        """
+    )
+    result = fdkit.runpytest("-p", "noinherit", "--noinherit-report=out.json")
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    doc = json.loads((fdkit.path / "out.json").read_text(encoding="utf-8"))
+    assert doc["schema_version"] == 1
+    assert [f["fd"] for f in doc["findings"] if f["type"] == "violation"] == [50]
+    [reception] = doc["receptions"]
+    # The first frame outside the stdlib: the helper module the test called.
+    assert reception["site"].startswith("fdkit.py:")
+    assert reception["site"].endswith(" in spawn (subprocess.run)")
+
+
+def test_report_records_the_settings_and_versions(fdkit: pytest.Pytester) -> None:
+    """The report says what ran and how: versions, platform, backend and every setting."""
+    fdkit.makepyfile("def test_clean():\n    pass\n")
+    fdkit.runpytest("-p", "noinherit", "--noinherit-report-only", "--noinherit-report=out.json")
+    doc = json.loads((fdkit.path / "out.json").read_text(encoding="utf-8"))
+    assert doc["python_version"] == platform.python_version()
+    assert doc["platform"] == sys.platform
+    assert doc["settings"]["report_only"] is True
+    assert doc["settings"]["probe"] == "auto"
+    assert doc["settings"]["probe_status"] == "off"
+    assert doc["receptions"] == doc["findings"] == doc["fixed"] == []
