@@ -2,6 +2,8 @@
 
 The public API reads and changes this process's descriptor table through the
 native core (or the pure-Python reference backend when the core is absent).
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""``python -m pytest_noinherit``: see runner.py."""
+"""``python -m pytest_noinherit``: see runner.py.
+
+PYTEST_DONT_REWRITE (see plugin.py)
+"""
 
 import sys
 

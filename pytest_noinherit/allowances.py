@@ -2,6 +2,8 @@
 
 An allowance is never a silent filter: each one counts what it allowed and
 the terminal summary lists it.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations

@@ -37,6 +37,8 @@ longer reach a child, so dropping its record loses nothing a spawn could
 need, provided the records are settled before each spawn.  Descriptors that
 functions return as plain integers have no owner to ask, so their identity is
 read at once.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations

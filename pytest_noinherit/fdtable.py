@@ -5,6 +5,8 @@ by default, ``native`` or ``python``).  Both backends return a snapshot as a
 flat ``array('Q')`` of five words per descriptor, so a table is one memcpy to
 build and one memcmp to compare; :class:`FdEntry` objects are made only when
 someone looks at an entry.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations

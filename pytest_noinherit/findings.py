@@ -2,6 +2,8 @@
 
 A finding is a plain JSON-ready dict so that it travels on a
 ``TestReport`` from a pytest-xdist worker to the controller unchanged.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations
@@ -9,11 +11,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_noinherit.allowances import ChildDescriptor
 from pytest_noinherit.fdtable import UNIT
-from pytest_noinherit.spawns import Spawn
+
+if TYPE_CHECKING:  # the plugin module imports this one before any session needs spawns
+    from pytest_noinherit.receptions import Spawn
 
 VIOLATION = "violation"  # a child received a descriptor nobody declared or allowed
 LEFTOVER = "leftover"  # strict mode: an inheritable descriptor outlived its test

@@ -9,6 +9,8 @@ An entry names a finding the way it stays the same across runs and
 machines: the test id, the finding type and what the descriptor is (its
 kind, a socket's family and type, a file's path with temporary directories
 taken out), never a descriptor number, a pid, an inode or a port.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations

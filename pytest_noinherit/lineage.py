@@ -5,6 +5,8 @@ descendant.  A record of a child Python started is merged with what Python
 knew of it (route, argv, ``pass_fds``): the record's table decides.  A
 record of a deeper descendant counts only the descriptors that came from
 the test, followed down through the records of its ancestors.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@
 One :class:`Monitor` is registered as the plugin ``noinherit-monitor`` for
 the session (pytest's logging plugin is the model); plugin.py's module-level
 hooks only create it.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 
 from pytest_noinherit import allowances as allow_mod
-from pytest_noinherit import creators, fdtable, findings, recorddir, verdict
+from pytest_noinherit import fdtable, findings, recorddir, verdict
 from pytest_noinherit import known as known_mod
 from pytest_noinherit.allowances import Allowance
 from pytest_noinherit.fdtable import FdEntry, FdTable
@@ -144,6 +146,8 @@ class Monitor:
         """Patch mode: PEP 446 creators and a creation record for every descriptor."""
         if not self.settings.patch or sys.platform == "win32":
             return None  # the stdlib creators patched are the POSIX ones
+        from pytest_noinherit import creators  # large, and only for patch mode
+
         records = creators.CreationRecords(root=root)
 
         def origins(fd: int, dev: int, ino: int) -> tuple[str | None, str | None]:

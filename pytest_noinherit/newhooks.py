@@ -1,4 +1,7 @@
-"""Hooks other plugins and conftest files can implement to customise the verdict."""
+"""Hooks other plugins and conftest files can implement to customise the verdict.
+
+PYTEST_DONT_REWRITE (see plugin.py)
+"""
 
 from __future__ import annotations
 

@@ -1,10 +1,13 @@
-"""pytest-noinherit's hooks: each a few lines that hand over to the Monitor."""
+"""pytest-noinherit's hooks: each a few lines that hand over to the Monitor.
+
+PYTEST_DONT_REWRITE: pytest rewrites the asserts of every module of a plugin
+loaded by entry point; this package's modules hold no test asserts, and
+rewriting them costs start-up time in every run (see benchmarks/).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
-import platform
 import socket
 import sys
 from typing import TYPE_CHECKING, Any
@@ -117,6 +120,8 @@ def _update_known(session: pytest.Session, monitor: Monitor) -> None:
 
 def write_json_report(path: str, monitor: Monitor) -> None:
     """The JSON report (``report-schema.json`` in the package), written atomically."""
+    import platform
+
     s = monitor.settings
     everything = monitor.summary.findings
     doc = {
@@ -150,6 +155,8 @@ def write_json_report(path: str, monitor: Monitor) -> None:
 
 
 def _plugin_version() -> str:
+    import importlib.metadata  # slow to import: only for the report
+
     try:
         return importlib.metadata.version("pytest-noinherit")
     except importlib.metadata.PackageNotFoundError:  # run from a source tree

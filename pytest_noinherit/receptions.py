@@ -5,6 +5,8 @@ records, the exec probe's records in lineage.py) produces :class:`Spawn`
 receptions and nothing else; the verdict (verdict.py) judges them.  This
 module also holds what those sources share: describing a descriptor,
 reading a live child's table, and the record files fork children write.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations

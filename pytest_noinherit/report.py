@@ -11,6 +11,8 @@ node, a FIFO or a socket is refused before the run: renaming over
 ``/dev/null`` as root would put a regular file in its place, and opening a
 FIFO for writing blocks until a reader comes (fifo(7)).  Nothing here opens
 the destination itself, so nothing here can block on it.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations

@@ -14,6 +14,8 @@ shell), so it can wrap any step of a build.  ``--fail-on-leak[=STATUS]``
 turns an unclean run (a finding, or a record that could not be read) into
 STATUS, :data:`LEAK_STATUS` unless given, when the command itself succeeded;
 a failing command always keeps its own status.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Command-line options and ini keys, resolved once into a frozen Settings.
 
 Precedence: ini < command line; markers refine per test (see allowances).
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations

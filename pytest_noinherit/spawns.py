@@ -21,6 +21,8 @@ A spawn lists only the *undeclared* descriptors the child received: stdio,
 ``pass_fds``, file-action targets, descriptors a fork child kept through its
 own clean-up and the session baseline are declared by construction.
 Allowances are the verdict's business.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations
@@ -473,17 +475,21 @@ class _Builtinlike:
         return repr(self.__dict__.get("__wrapped__", self._call))
 
 
+#: The audit events any tracker acts on (PEP 578 names; os.spawn is Windows'
+#: CRT spawn): every other event returns at the first test.
+AUDIT_EVENTS = frozenset({"os.system", "os.fork", "os.forkpty", "os.exec", "os.spawn"})
+
+
 class _AuditDispatch:
     """The one audit hook of this process.
 
     Audit hooks cannot be removed (PEP 578), so a single hook is added the
     first time a tracker activates and does nothing while none is active.
     Sessions nest (pytester's in-process runs): the innermost tracker acts.
+    The hook is a plain function, not this object: CPython calls it for every
+    audit event of the process (imports, opens, compiles...), and a function
+    call with one set lookup is the cheapest Python can do.
     """
-
-    # PEP 578 runs hooks untraced unless they say otherwise: let coverage and
-    # debuggers see this one.
-    __cantrace__ = True
 
     def __init__(self) -> None:
         self.stack: list[SpawnTracker] = []
@@ -496,21 +502,30 @@ class _AuditDispatch:
     def activate(self, tracker: SpawnTracker) -> None:
         self.stack.append(tracker)
         if not self.added:
-            sys.addaudithook(self)
+            sys.addaudithook(_hook_for(self.stack))
             self.added = True
 
     def deactivate(self, tracker: SpawnTracker) -> None:
         if tracker in self.stack:
             self.stack.remove(tracker)
 
-    def __call__(self, event: str, args: tuple[Any, ...]) -> None:
-        if not self.stack or not event.startswith("os."):
+
+def _hook_for(stack: list[SpawnTracker]) -> Callable[[str, tuple[Any, ...]], None]:
+    def noinherit_audit_hook(
+        event: str, args: tuple[Any, ...], _wanted: frozenset[str] = AUDIT_EVENTS
+    ) -> None:
+        if event not in _wanted or not stack:
             return
-        tracker = self.stack[-1]
+        tracker = stack[-1]
         try:
             tracker.on_audit(event, args)
         except Exception as exc:  # never break the program that spawns
             tracker.problems.append(f"{event}: {exc!r}")
+
+    # PEP 578 runs hooks untraced unless they say otherwise: let coverage and
+    # debuggers see this one.
+    noinherit_audit_hook.__cantrace__ = True  # type: ignore[attr-defined]
+    return noinherit_audit_hook
 
 
 _audit = _AuditDispatch()

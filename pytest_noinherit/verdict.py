@@ -8,6 +8,8 @@ The verdict of a test is a function of that test alone: what *its* children
 received, *its* allowances, and the table it left behind.  Nothing is
 "already reported": a descriptor that reaches the children of ten tests
 fails ten tests, whatever ran before, and the summary groups them.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 
 from pytest_noinherit import findings
 from pytest_noinherit.allowances import Allowance, ChildDescriptor
-from pytest_noinherit.spawns import Spawn
+from pytest_noinherit.receptions import Spawn
 
 Key = tuple[int, int, int]
 Ask = Callable[[dict[str, Any]], "bool | None"]  # the pytest_noinherit_allow hook

@@ -1,4 +1,7 @@
-"""The plugin's warning categories, so users can filter or escalate them."""
+"""The plugin's warning categories, so users can filter or escalate them.
+
+PYTEST_DONT_REWRITE (see plugin.py)
+"""
 
 from __future__ import annotations
 

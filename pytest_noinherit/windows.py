@@ -13,6 +13,8 @@ This module says which of those three cases each Python-level route takes
 the child then holds.  It imports nothing platform-specific, so it is tested
 on Linux; the native side (``_native/core_windows.c``) supplies the handle
 tables these functions are fed with.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations

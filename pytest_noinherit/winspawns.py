@@ -16,6 +16,8 @@ reach it from Python, and the tracker sits on both:
 The result is the same :class:`~pytest_noinherit.spawns.Spawn` the POSIX
 tracker makes, so the verdict, allowances and reports are shared; only the
 numbers are handle values (:data:`pytest_noinherit.fdtable.UNIT`).
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations
