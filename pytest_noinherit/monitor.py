@@ -86,6 +86,7 @@ class Monitor:
         except OSError as exc:
             raise pytest.UsageError(f"noinherit: cannot make its record directory: {exc}") from None
         self.tracker = _tracker_class()({_key(e) for e in self.baseline}, self.records)
+        self.tracker.site_root = str(config.rootpath)
         self.probe = ProbeEnvironment(self.records.path)
         self.probe_status = self._start_probe()
         self.nodeid: str | None = None  # the test in progress, for creation records
@@ -196,6 +197,7 @@ class Monitor:
         return (yield from self._phase(item, "teardown"))
 
     def _phase(self, item: pytest.Item, when: str) -> Generator[None, None, None]:
+        __tracebackhide__ = True  # a failure raised here is about the test, not the plugin
         try:
             result = yield
         except BaseException:
@@ -329,6 +331,7 @@ class Monitor:
         )
 
     def _judge(self, item: pytest.Item, when: str, own_outcome: bool) -> None:
+        __tracebackhide__ = True
         spawns = self.tracker.drain()
         found = []
         if spawns:

@@ -106,9 +106,10 @@ def snapshot(method: str = "auto") -> array.array[int]:
 def snapshot_since(previous: array.array[int]) -> array.array[int]:
     """Like snapshot(), reusing previous's identity for descriptors whose flag is unchanged.
 
-    A descriptor closed and reopened at the same number with the same flag
-    between the two calls keeps its old identity: for cheap repeated checks
-    only (noinherit.h).
+    One ``F_GETFD`` per descriptor, and a full read only of new ones and of
+    those whose flag changed, at every table size.  A descriptor closed and
+    reopened at the same number with the same flag between the two calls
+    keeps its old identity: for cheap repeated checks only (noinherit.h).
     """
     prev = ffi.from_buffer("nic_entry[]", previous)
     nprev = len(previous) // ENTRY_WORDS

@@ -24,6 +24,7 @@ from pytest_noinherit import recorddir
 from pytest_noinherit.recorddir import RecordDirectory, RecordError
 
 __all__ = [
+    "ALL_ENV",
     "DIR_ENV",
     "ProbeEnvironment",
     "ProbeFd",
@@ -37,6 +38,8 @@ __all__ = [
 ]
 
 DIR_ENV = "NOINHERIT_PROBE_DIR"
+#: "1": a record of every exec, also of programs that hold only 0-2.
+ALL_ENV = "NOINHERIT_PROBE_ALL"
 PRELOAD_ENV = "LD_PRELOAD"
 RECORD_SUFFIX = recorddir.PROBE_SUFFIX
 RECORD_LIMIT = recorddir.SIZE_LIMIT
@@ -235,10 +238,18 @@ def take_file(path: str) -> bytes:
 
 
 class ProbeEnvironment:
-    """Switches the probe on in os.environ for a session, and back off exactly."""
+    """Switches the probe on in os.environ for a session, and back off exactly.
 
-    def __init__(self, record_dir: str) -> None:
+    With ``every_exec=False`` a program that holds nothing beyond
+    descriptors 0-2 writes no record: it received nothing, and the probe
+    costs it three system calls instead of a record's thirty or so.  A
+    reader that needs every process (the ``run`` command's list) keeps the
+    default.
+    """
+
+    def __init__(self, record_dir: str, *, every_exec: bool = True) -> None:
         self.record_dir = record_dir
+        self.every_exec = every_exec
         self._saved: dict[str, str | None] = {}
         self.active = False
 
@@ -249,17 +260,20 @@ class ProbeEnvironment:
             return _missing_library()
         if not os.path.exists(_PROC_FD):
             return "/proc is not mounted: the probe reads /proc/self/fd and /proc/self/environ"
-        return recorddir.check(self.record_dir) or _run_self_test(lib)
+        return recorddir.check(self.record_dir) or _run_self_test(lib, self.every_exec)
 
     def start(self) -> None:
         """Preload the probe into every child from now on."""
         lib = library()
         if lib is None or self.active:
             return
-        for name in (PRELOAD_ENV, DIR_ENV):
-            self._saved[name] = os.environ.get(name)
+        self._save()
         os.environ[PRELOAD_ENV] = _preload_value(lib)
         os.environ[DIR_ENV] = self.record_dir
+        if self.every_exec:
+            os.environ[ALL_ENV] = "1"
+        else:
+            os.environ.pop(ALL_ENV, None)
         self.active = True
 
     def hide(self) -> None:
@@ -271,18 +285,18 @@ class ProbeEnvironment:
         """
         if self.active or os.environ.get(DIR_ENV) is None:
             return
-        for name in (PRELOAD_ENV, DIR_ENV):
-            self._saved[name] = os.environ.get(name)
+        self._save()
         del os.environ[DIR_ENV]
-        user = _preload_value("").split()
+        os.environ.pop(ALL_ENV, None)
+        user = _user_preload()
         if user:
-            os.environ[PRELOAD_ENV] = " ".join(user)
+            os.environ[PRELOAD_ENV] = ":".join(user)
         else:
             os.environ.pop(PRELOAD_ENV, None)
         self.active = True
 
     def stop(self) -> None:
-        """Put both variables back as they were (absent stays absent)."""
+        """Put the variables back as they were (absent stays absent)."""
         if not self.active:
             return
         for name, value in self._saved.items():
@@ -291,6 +305,10 @@ class ProbeEnvironment:
             else:
                 os.environ[name] = value
         self.active = False
+
+    def _save(self) -> None:
+        for name in (PRELOAD_ENV, DIR_ENV, ALL_ENV):
+            self._saved[name] = os.environ.get(name)
 
 
 # Any dynamically linked program will do; this one exists everywhere and
@@ -310,30 +328,86 @@ def _missing_library() -> str:
     return "not built for this platform"
 
 
-def _run_self_test(lib: str) -> str:
-    """One /bin/true under the probe, in a private directory of its own."""
+def _run_self_test(lib: str, every_exec: bool = True) -> str:
+    """One /bin/true under the probe, given a pipe, in a private directory of its own.
+
+    The pipe is passed (``pass_fds``) so that the child holds a descriptor
+    beyond 0-2 and writes a record whichever way the probe is asked to
+    run; the record must show it.
+    """
     try:
         directory = RecordDirectory.create()
     except OSError as exc:
         return f"no private directory for the self-test: {exc}"
+    under_valgrind = _valgrind_parent()
     try:
         env = {**os.environ, DIR_ENV: directory.path, PRELOAD_ENV: _preload_value(lib)}
+        env.pop(ALL_ENV, None)
+        if every_exec:
+            env[ALL_ENV] = "1"
+        r, w = os.pipe()
         try:
             proc = subprocess.run(
-                [_SELF_TEST], env=env, capture_output=True, timeout=30, check=False
+                [_SELF_TEST],
+                env=env,
+                capture_output=True,
+                timeout=30,
+                check=False,
+                pass_fds=(w,),
             )
+            dev, ino = _identity(w)
         except (OSError, subprocess.SubprocessError) as exc:
             return f"self-test could not run {_SELF_TEST}: {exc}"
-        if proc.stderr:
-            return f"the loader complained: {proc.stderr.decode(errors='replace').strip()}"
+        finally:
+            os.close(r)
+            os.close(w)
+        stderr = proc.stderr
+        if under_valgrind:
+            stderr = _VALGRIND_CHATTER.sub(b"", stderr)
+        if stderr.strip():
+            return f"the loader complained: {stderr.decode(errors='replace').strip()}"
         found = [*read_records(directory), *recorddir.sweep(directory, keep=())]
     finally:
         directory.remove()
-    return _self_test_verdict(found, proc.returncode)
+    if under_valgrind:
+        found = [r for r in found if not _valgrind_record(r)]
+    return _self_test_verdict(found, proc.returncode, (w, dev, ino))
 
 
-def _self_test_verdict(found: list[ProbeRecord | RecordError], status: int) -> str:
-    """'' for exactly one complete record; otherwise what the child left instead."""
+def _identity(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+# valgrind(1) prefixes every line it writes with ==PID== (messages) or
+# --PID-- (warnings, debug output); with --trace-children=yes every traced
+# child writes its own, the self-test's /bin/true too.
+_VALGRIND_CHATTER = re.compile(rb"^(?:==[0-9]+==|--[0-9]+--)(?: .*)?\n?", re.MULTILINE)
+
+
+def _valgrind_parent() -> bool:
+    """Whether this process runs under valgrind (which may run its children too).
+
+    valgrind puts its own vgpreload_*.so objects first into the LD_PRELOAD
+    of every program it runs.
+    """
+    return "vgpreload" in os.environ.get(PRELOAD_ENV, "")
+
+
+def _valgrind_record(found: ProbeRecord | RecordError) -> bool:
+    """A record of valgrind's own launcher, which the probe is preloaded into as well."""
+    if not isinstance(found, ProbeRecord):
+        return False
+    names = (found.exe, found.argv[0] if found.argv else "")
+    return any(os.path.basename(n).startswith("valgrind") or "/valgrind/" in n for n in names)
+
+
+def _self_test_verdict(
+    found: list[ProbeRecord | RecordError],
+    status: int,
+    passed: tuple[int, int, int] | None = None,
+) -> str:
+    """'' for exactly one complete record showing the passed descriptor; else what went wrong."""
     records = [r for r in found if isinstance(r, ProbeRecord)]
     errors = [str(r) for r in found if isinstance(r, RecordError)]
     if errors:
@@ -345,6 +419,12 @@ def _self_test_verdict(found: list[ProbeRecord | RecordError], status: int) -> s
         )
     if records and records[0].truncated:
         return "the self-test child's record says it is incomplete (truncated)"
+    if (
+        records
+        and passed is not None
+        and passed not in {(f.fd, f.dev, f.ino) for f in records[0].fds}
+    ):
+        return f"the self-test child's record does not show the pipe it was given as fd {passed[0]}"
     if records:
         return ""
     linked = _dynamically_linked(_SELF_TEST)
@@ -377,11 +457,24 @@ def _dynamically_linked(path: str) -> bool | None:
     return pt_interp in types
 
 
-def _preload_value(lib: str) -> str:
-    # The user's own entries stay, and first: sanitizer runtimes must come
-    # before any other preloaded object.
-    # Another copy of the probe (an outer session's, perhaps from another
-    # install) would write a second record for every process: it goes.
+def _user_preload() -> list[str]:
+    """The LD_PRELOAD entries that are not a copy of the probe, in order.
+
+    ld.so(8) separates entries by colons or spaces.  Another copy of the
+    probe (an outer session's, perhaps from another install) would write a
+    second record for every process: it goes.
+    """
     entries = os.environ.get(PRELOAD_ENV, "").replace(":", " ").split()
-    user = [e for e in entries if os.path.basename(e) != _NAME]
-    return " ".join([*user, lib])
+    return [e for e in entries if os.path.basename(e) != _NAME]
+
+
+def _preload_value(lib: str) -> str:
+    """LD_PRELOAD for the children: the user's entries first, then lib.
+
+    Sanitizer runtimes must come before any other preloaded object.  The
+    entries are joined with colons, not spaces: valgrind removes its own
+    vgpreload entry from a child's LD_PRELOAD by splitting the value on
+    colons only (coregrind/m_libcproc.c, VG_(env_remove_valgrind_env_stuff)),
+    so a space-joined value would lose the probe with it.
+    """
+    return ":".join([*_user_preload(), lib] if lib else _user_preload())

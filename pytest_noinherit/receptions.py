@@ -190,15 +190,19 @@ _INSTALLED = re.compile(r"[/\\](site|dist)-packages[/\\]")
 _FRAMES = 40  # a spawn is rarely deeper than this below the code that asked for it
 
 
-def call_site(route: str, depth: int = 2) -> str:
+def call_site(route: str, depth: int = 2, root: str | None = None) -> str:
     """Where the caller's code started a child: ``tests/t.py:12 in test_x (subprocess.run)``.
 
-    The first frame outside the standard library and this package is the
-    caller's; the outermost standard-library function below it is the API
-    it used (``subprocess.run``, ``os.spawnv``); without one, ``route``.
+    The first frame outside the standard library, this package and the
+    installed packages is the caller's (a wrapper such as coverage's patched
+    ``os.execv`` is skipped); without one, the first installed package's.  The
+    outermost standard-library function below it is the API it used
+    (``subprocess.run``, ``os.spawnv``); without one, ``route``.  Paths are
+    shown relative to ``root`` (the rootdir) when they lie below it.
     """
     frame: Any = sys._getframe(depth)
     api = route
+    library = None  # the first installed package's frame, if no project frame comes
     for _ in range(_FRAMES):
         if frame is None:
             break
@@ -207,13 +211,19 @@ def call_site(route: str, depth: int = 2) -> str:
             pass
         elif name.startswith("<frozen "):  # a frozen stdlib module: "<frozen os>"
             api = f"{name[8:-1]}.{_function(frame)}"
-        elif name.startswith(_STDLIB) and not _INSTALLED.search(name):
+        elif _INSTALLED.search(name):
+            library = library or (name, frame.f_lineno, frame.f_code.co_name, api)
+        elif name.startswith(_STDLIB):
             module = os.path.splitext(os.path.relpath(name, _stdlib_root(name)))[0]
             api = f"{module.replace(os.sep, '.')}.{_function(frame)}"
         else:
-            return f"{_shown_path(name)}:{frame.f_lineno} in {frame.f_code.co_name} ({api})"
+            return _site(name, frame.f_lineno, frame.f_code.co_name, api, root)
         frame = frame.f_back
-    return api
+    return _site(*library, root) if library else api
+
+
+def _site(name: str, line: int, function: str, api: str, root: str | None) -> str:
+    return f"{_shown_path(name, root)}:{line} in {function} ({api})"
 
 
 def _function(frame: Any) -> str:
@@ -230,10 +240,10 @@ def _stdlib_root(name: str) -> str:
     return next(root for root in _STDLIB if name.startswith(root))
 
 
-def _shown_path(name: str) -> str:
-    """A path relative to the working directory when it lies below it."""
+def _shown_path(name: str, root: str | None) -> str:
+    """A path relative to root (or the working directory) when it lies below it."""
     try:
-        rel = os.path.relpath(name)
+        rel = os.path.relpath(name, root or os.curdir)
     except ValueError:  # another drive on Windows
         return name
     return name if rel.startswith("..") else rel

@@ -20,6 +20,7 @@ unless sticky, like ``/tmp``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import secrets
@@ -68,6 +69,11 @@ _DIRECTORY = getattr(os, "O_DIRECTORY", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOCTTY = getattr(os, "O_NOCTTY", 0)
+# The clock the kernel stamps a changed directory with (see changed());
+# Python names it from 3.13 only; elsewhere nothing is skipped.
+_COARSE_CLOCK: int | None = getattr(
+    time, "CLOCK_REALTIME_COARSE", 5 if sys.platform.startswith("linux") else None
+)
 # <prefix><pid>-<process start time>-<random>: enough to tell, later, that
 # the session which made it is gone even if its pid was reused.
 _OWNED_NAME = re.compile(re.escape(PREFIX) + r"([0-9]{1,10})-([0-9]{1,20})-[0-9a-f]{8}", re.ASCII)
@@ -170,6 +176,13 @@ class RecordDirectory:
     def __init__(self, path: str, fd: int | None) -> None:
         self.path = path
         self.fd = fd
+        # The last listing, and what tells whether it still holds (see
+        # changed()); a take changes the directory, so after one it is
+        # listed again.
+        self._listing: list[str] | None = None
+        self._listed_at = 0  # CLOCK_REALTIME_COARSE just before it began
+        self._listed_mtime = 0  # the directory's st_mtime_ns just after it
+        self._mtime_step = 0  # 0: mtimes cannot tell; else the unit compared
 
     @classmethod
     def open(cls, path: str) -> RecordDirectory:
@@ -192,7 +205,14 @@ class RecordDirectory:
         except BaseException:
             os.close(fd)
             raise
-        return cls(path, fd)
+        directory = cls(path, fd)
+        if _COARSE_CLOCK is not None and _stamped_by_this_kernel(path):
+            # A whole-second mtime is the mark of a filesystem that keeps
+            # seconds only (ext4 with 128-byte inodes): changed() then
+            # compares whole seconds, which truncation cannot put on the
+            # wrong side.
+            directory._mtime_step = 1 if st.st_mtime_ns % 10**9 else 10**9
+        return directory
 
     @classmethod
     def create(cls, parent: str | None = None) -> RecordDirectory:
@@ -239,14 +259,52 @@ class RecordDirectory:
         self.close()
 
     def names(self) -> list[str]:
-        """The entries now in the directory, unsorted."""
+        """The entries now in the directory, unsorted: always a new listing."""
         if self.fd is None:
             return os.listdir(self.path)
-        return _scan(self.fd)
+        if _COARSE_CLOCK is None or not self._mtime_step:
+            return _scan(self.fd)
+        started = time.clock_gettime_ns(_COARSE_CLOCK)
+        names = _scan(self.fd)
+        self._listed_mtime = os.fstat(self.fd).st_mtime_ns
+        self._listed_at = started // self._mtime_step * self._mtime_step
+        self._listing = list(names)
+        return names
+
+    def changed(self) -> bool:
+        """Whether anything may have been added, renamed or removed since the last listing.
+
+        False is exact: the directory holds what that listing saw (a take
+        is a removal, so after one this is True until the next listing).
+        It is never False on a filesystem whose timestamps this kernel does
+        not set itself (NFS: the server's clock).  The kernel stamps a directory it
+        changes with current_time() (fs/inode.c), the coarse realtime
+        clock of the moment (ktime_get_coarse_real_ts64, one tick is 1-4 ms)
+        truncated to the filesystem's granularity; so a change made after
+        the clock read just before the listing leaves an mtime no smaller
+        than that reading, even one made within the same tick.  An mtime
+        that moved at all counts too, for a clock set back since.
+        """
+        if self.fd is None or self._listing is None:
+            return True
+        mtime = os.fstat(self.fd).st_mtime_ns
+        return mtime >= self._listed_at or mtime != self._listed_mtime
+
+    def _current(self) -> list[str]:
+        """The entries: the last listing while nothing changed since, else a new one."""
+        if self._listing is not None and not self.changed():
+            return list(self._listing)
+        return self.names()
 
     def consume(self, suffix: str, parse: Callable[[bytes], T]) -> Iterator[T | RecordError]:
-        """Take every entry ending in suffix, oldest first; see :func:`consume`."""
-        names = sorted((n for n in self.names() if n.endswith(suffix)), key=_order)
+        """Take every entry ending in suffix, oldest first; see :func:`consume`.
+
+        The directory is listed only when it changed since the last
+        listing, so the probe's and the fork children's records, consumed
+        by two calls one after the other, cost one listing between them,
+        and a drain that finds nothing new costs one fstat().
+        """
+        names = sorted((n for n in self._current() if n.endswith(suffix)), key=_order)
         return bounded(self._take_each(names, parse))
 
     def _take_each(
@@ -287,7 +345,7 @@ class RecordDirectory:
         """
         keep = tuple(keep)
         names = []
-        for name in sorted(self.names(), key=_order):
+        for name in sorted(self._current(), key=_order):
             if name.endswith(PARTIAL_SUFFIX) and PARTIAL_SUFFIX in keep and _writer_alive(name):
                 continue
             if not name.endswith(keep) or name.endswith(PARTIAL_SUFFIX):
@@ -309,6 +367,34 @@ class RecordDirectory:
                 _discard(self.fd, name, kind)
             what = reason if kind == "file" else f"{reason} (a {kind})"
             yield RecordError(f"{name}: {what}", what, (name,))
+
+
+# Local filesystems whose directory mtimes the kernel sets with
+# current_time(), at a granularity of 1 ns (ext4 with 128-byte inodes: 1 s).
+_KERNEL_STAMPED = frozenset({"tmpfs", "ramfs", "ext4", "xfs", "btrfs"})
+
+
+@functools.lru_cache(maxsize=16)  # once per directory, however often it is opened
+def _stamped_by_this_kernel(path: str) -> bool:
+    """Whether path is on a filesystem of _KERNEL_STAMPED, by /proc/self/mountinfo."""
+    try:
+        with open("/proc/self/mountinfo", "rb") as f:
+            table = f.read().decode("utf-8", "surrogateescape")
+    except OSError:
+        return False
+    real = os.path.realpath(path)
+    best, fstype = -1, ""
+    for line in table.splitlines():
+        # proc(5): ... <mount point> <options> [optional fields] - <fstype> ...
+        fields, _, tail = line.partition(" - ")
+        words = fields.split(" ")
+        if len(words) < 5 or not tail:
+            continue
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), words[4])
+        inside = real == point or real.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= best:  # the last of stacked mounts wins
+            best, fstype = len(point), tail.split(" ")[0]
+    return fstype in _KERNEL_STAMPED
 
 
 def _scan(fd: int) -> list[str]:

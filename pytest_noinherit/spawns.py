@@ -93,6 +93,7 @@ class SpawnTracker:
         self.probe_on = False
         self.origins: Origins | None = None  # patch mode's creation records
         self.lineage = ProbeLineage(records, self.owner_pid, baseline, self.problems)
+        self.site_root: str | None = None  # call sites are shown relative to it
         self._failed_execs: set[int] = set()  # children whose exec raised in the parent
 
     # -- installation ---------------------------------------------------------
@@ -232,7 +233,7 @@ class SpawnTracker:
                 received = sorted(steady + seen, key=lambda e: e.fd)
         if received or (self.probe_on and pid is not None):
             descs = tuple(map(self.describe, received))
-            site = call_site(route, 1)
+            site = call_site(route, 1, self.site_root)
             self._add(Spawn(route, pid, argv_of(argv), how, descs, hint, kept, site=site))
 
     # -- wrappers ---------------------------------------------------------------
@@ -372,7 +373,7 @@ class SpawnTracker:
         argv = args[1] if len(args) > 1 else ()
         hint = "fork+exec without closing it"
         spawn = dataclasses.replace(
-            spawn, argv=argv_of(argv), hint=hint, site=call_site("os.exec*", 1)
+            spawn, argv=argv_of(argv), hint=hint, site=call_site("os.exec*", 1, self.site_root)
         )
         write_record(self.record_dir, spawn)
 
@@ -408,7 +409,7 @@ class _PreexecWitness:
                 route="subprocess.Popen",
                 argv=self.argv,
                 hint="close_fds=False",
-                site=call_site("subprocess.Popen", 1),
+                site=call_site("subprocess.Popen", 1, self.tracker.site_root),
             )
             write_record(self.tracker.record_dir, spawn)
 

@@ -82,3 +82,28 @@ def test_each_route_names_the_line_of_the_test(
     text = result.stdout.str()
     for test, where in EXPECTED.items():
         assert re.search(rf"started at test_routes\.py:{re.escape(where)}", text), (test, text)
+
+
+def test_an_installed_wrapper_is_not_the_call_site(pytester: pytest.Pytester) -> None:
+    """A spawn through an installed package (coverage patches os.execv so) names the test's line."""
+    lib = pytester.mkdir("site-packages")
+    (lib / "spawnlib.py").write_text(
+        "import subprocess\n\ndef run_it():\n    subprocess.run(['/bin/true'], close_fds=False)\n"
+    )
+    pytester.makepyfile(
+        test_wrapped="""
+        import os, sys
+        sys.path.insert(0, os.path.join(os.path.dirname(__file__), "site-packages"))
+        import spawnlib
+
+        def test_through_a_library():
+            r, w = os.pipe()
+            os.set_inheritable(w, True)
+            spawnlib.run_it()
+        """
+    )
+    result = pytester.runpytest("-p", "noinherit")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        ["    started at test_wrapped.py:8 in test_through_a_library (subprocess.run)"]
+    )
