@@ -97,12 +97,17 @@ int nic_set_inheritable(int fd, int inheritable)
 
 int nic_fill_entry(int fd, nic_entry *e)
 {
-    struct stat st;
     int flags = fcntl(fd, F_GETFD);
     if (flags < 0)
         return -1;
+    return nic_fill_entry_flags(fd, flags, e);
+}
+
+int nic_fill_entry_flags(int fd, int fd_flags, nic_entry *e)
+{
+    struct stat st;
     e->fd = (uint64_t)fd;
-    e->flags = (flags & FD_CLOEXEC) ? NIC_FLAG_CLOEXEC : 0;
+    e->flags = (fd_flags & FD_CLOEXEC) ? NIC_FLAG_CLOEXEC : 0;
     if (fstat(fd, &st) == 0) {
         e->dev = (uint64_t)st.st_dev;
         e->ino = (uint64_t)st.st_ino;

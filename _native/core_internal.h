@@ -20,6 +20,9 @@
  * -1 with errno EBADF when fd is not open. */
 NIC_HIDDEN int nic_fill_entry(int fd, nic_entry *e);
 
+/* nic_fill_entry for a caller that already holds fd's F_GETFD answer. */
+NIC_HIDDEN int nic_fill_entry_flags(int fd, int fd_flags, nic_entry *e);
+
 /* The soft RLIMIT_NOFILE, clamped to [0, 1 << 20] (RLIM_INFINITY included):
  * the upper bound of every poll() scan, since poll() refuses nfds above it. */
 NIC_HIDDEN int nic_scan_limit(void);

@@ -32,8 +32,12 @@ typedef struct {
 int nic_snapshot(nic_entry *out, int cap, int method);
 
 /* nic_snapshot(AUTO) for a caller that holds the previous snapshot (prev,
- * ascending): a descriptor open in both with the same flag keeps prev's
- * identity instead of paying for an fstat.  A descriptor replaced in place
+ * ascending), at any table size: a descriptor open in both with the same
+ * flag keeps prev's identity instead of paying for an fstat, so the cost is
+ * one F_GETFD per descriptor plus a full read of each new or changed one.
+ * The F_GETFD stays: Linux reports one descriptor's close-on-exec flag per
+ * call (fcntl, or a /proc/self/fdinfo/N read), and a flag flipped alone
+ * changes nothing else the kernel counts.  A descriptor replaced in place
  * (closed and reopened at the same number with the same flag) between the
  * two calls is therefore not noticed; callers that must notice it use
  * nic_snapshot.  Platforms without a cheaper way fall back to nic_snapshot. */

@@ -2,8 +2,8 @@
 
 Run by hand (``python benchmarks/bench_snapshot.py [--quick]``); Linux only.
 Three parts, each in a fresh interpreter of its own, because the native core
-keeps a per-process poll hint that only grows (one past the highest
-descriptor ever seen) and a fresh process also starts with a cold
+keeps a per-process poll hint (one past the highest descriptor the last
+snapshot saw) and a fresh process also starts with a cold
 ``/proc/self/fd`` dentry cache, as pytest does:
 
 1. **size**: cost of one snapshot with about 16, 1 000, 10 000 descriptors

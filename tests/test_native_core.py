@@ -14,6 +14,7 @@ import json
 import os
 import re
 import select
+import shutil
 import socket
 import struct
 import subprocess
@@ -448,3 +449,215 @@ def test_target_of_a_path_filling_the_first_buffer(tmp_path: Path) -> None:
         assert native.target(fd) == root
     finally:
         os.close(fd)
+
+
+# -- snapshot_since and the poll range -------------------------------------------
+
+SINCE_HELPERS = (
+    CHILD_HELPERS
+    + """
+def fresh():
+    return entries(native.snapshot("procfs"))
+
+def raise_soft(wanted):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, wanted)), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+"""
+)
+
+
+def test_snapshot_keeps_no_descriptor_of_its_own() -> None:
+    """Snapshots leave no descriptor of their own open, and stay exact in a forked child."""
+    result = run_child(
+        SINCE_HELPERS
+        + """
+before = sorted(int(n) for n in os.listdir("/proc/self/fd"))
+table = native.snapshot()
+native.snapshot_since(table)
+native.snapshot("procfs")
+after = sorted(int(n) for n in os.listdir("/proc/self/fd"))
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    fd = os.open(os.devnull, os.O_RDONLY)
+    ok = [entries(native.snapshot()) == fresh(),
+          entries(native.snapshot_since(table)) == fresh()]
+    os.write(w, json.dumps(ok).encode())
+    os._exit(0)
+os.close(w)
+child = json.loads(os.read(r, 1000))
+os.waitpid(pid, 0)
+print(json.dumps([before == after, child]))
+"""
+    )
+    assert result == [True, [True, True]]
+
+
+def test_since_at_a_large_table_reads_flips_and_replacements() -> None:
+    """Above 4 096 descriptors snapshot_since still starts from the previous table, exactly."""
+    result = run_child(
+        SINCE_HELPERS
+        + """
+raise_soft(8192)
+base = os.open(os.devnull, os.O_RDONLY)
+held = [os.dup(base) for _ in range(5000)]
+other = os.open("/proc/self/exe", os.O_RDONLY)
+previous = native.snapshot()
+os.set_inheritable(held[100], True)                 # a flip, nothing else
+os.dup2(other, held[200])                           # replaced, now inheritable
+os.dup2(other, held[300], inheritable=False)        # replaced, same flag: the blind spot
+os.close(held[400])
+new = os.open(os.devnull, os.O_RDONLY)
+since = entries(native.snapshot_since(previous))
+truth = fresh()
+old = {e[0]: e for e in entries(previous)}
+blind = [e[0] for e, t in zip(since, truth) if e != t]
+print(json.dumps([
+    [e[0] for e in since] == [t[0] for t in truth],
+    [e[:2] for e in since] == [t[:2] for t in truth],
+    blind == [held[300]] and since[[e[0] for e in since].index(held[300])] == old[held[300]],
+    new in [e[0] for e in since],
+]))
+"""
+    )
+    assert result == [True, True, True, True]
+
+
+def _strace() -> str:
+    path = shutil.which("strace")
+    if path is None:
+        pytest.skip("needs strace to see the poll range")
+    probe = subprocess.run([path, "-o", os.devnull, "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip("strace cannot trace here (ptrace refused)")
+    return path
+
+
+def traced(tmp_path: Path, code: str) -> tuple[object, list[tuple[str, int]]]:
+    """Run code in a child under strace: its JSON output, and each poll (with its
+    nfds) and getdents64 (0) it made, in order."""
+    trace = tmp_path / "trace"
+    env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
+    proc = subprocess.run(
+        [
+            _strace(),
+            *("-qq", "-e", "trace=poll,getdents64", "-e", "signal=none", "-o", str(trace)),
+            *(sys.executable, "-c", textwrap.dedent(code)),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    calls = []
+    for line in trace.read_text().splitlines():
+        if line.startswith("getdents64("):
+            calls.append(("getdents64", 0))
+        elif found := re.match(r"poll\(.*\], (\d+), 0\)", line):
+            calls.append(("poll", int(found[1])))
+    return json.loads(proc.stdout), calls
+
+
+def after_marker(calls: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The calls after the child's marker, a poll() of no descriptor at all."""
+    return calls[calls.index(("poll", 0)) + 1 :]
+
+
+MARKER = "select.poll().poll(0)  # a marker in the trace: poll() of 0 slots\n"
+
+
+def test_poll_range_shrinks_when_high_descriptors_close(tmp_path: Path) -> None:
+    """One descriptor at 15 000, once closed, no longer widens every later snapshot."""
+    result, calls = traced(
+        tmp_path,
+        SINCE_HELPERS
+        + """
+import select
+soft = raise_soft(16000)
+high = os.dup2(os.open(os.devnull, os.O_RDONLY), min(15000, soft - 10))
+native.snapshot()
+native.snapshot()
+os.close(high)
+native.snapshot()
+"""
+        + MARKER
+        + """
+table = native.snapshot()
+since = native.snapshot_since(table)
+print(json.dumps([high, entries(table) == fresh(), entries(since) == entries(table)]))
+""",
+    )
+    assert isinstance(result, list)
+    high, *exact = result
+    assert exact == [True, True]
+    assert max(n for name, n in calls if name == "poll") > high  # it was polled for
+    later = after_marker(calls)
+    assert later[:2] == [("poll", later[0][1])] * 2, later  # no listing
+    assert later[0][1] <= 256, later
+
+
+VALGRIND_LIKE = """
+# A descriptor above the soft limit, as valgrind keeps its own: poll()
+# cannot see it, /proc/self/fd counts it.
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+high = os.dup2(os.open(os.devnull, os.O_RDONLY), 3000)
+resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+first = native.snapshot()        # the listing, which learns about it
+"""
+
+
+def test_descriptor_above_soft_limit_keeps_the_fast_path(tmp_path: Path) -> None:
+    """With a descriptor above the soft limit, later snapshots poll (no listing) and stay exact."""
+    result, calls = traced(
+        tmp_path,
+        SINCE_HELPERS
+        + "import select\n"
+        + VALGRIND_LIKE
+        + MARKER
+        + """
+table = native.snapshot()
+since = native.snapshot_since(table)
+truth = brute(hard)
+os.set_inheritable(high, False)
+flipped = native.snapshot_since(since)
+print(json.dumps([
+    entries(first) == truth,
+    entries(table) == truth,
+    entries(since) == truth,
+    entries(flipped) == brute(hard),
+    entries(flipped)[-1][:2] == [high, 1],
+]))
+""",
+    )
+    assert result == [True, True, True, True, True]
+    later = after_marker(calls)
+    assert [name for name, _ in later[:3]] == ["poll"] * 3, later
+    assert max(n for _, n in later[:3]) <= 1024, later
+
+
+def test_descriptor_above_soft_limit_is_seen_without_the_listing() -> None:
+    """With the table full (EMFILE, no listing possible) the high descriptor is still reported."""
+    result = run_child(
+        SINCE_HELPERS
+        + VALGRIND_LIKE
+        + """
+opened = []
+try:
+    while True:
+        opened.append(os.open(os.devnull, os.O_RDONLY))
+except OSError as exc:
+    assert exc.errno == 24, exc
+table = entries(native.snapshot())
+since = entries(native.snapshot_since(native.snapshot()))
+truth = brute(hard)
+os.close(opened.pop())
+os.close(high)
+gone = entries(native.snapshot())
+print(json.dumps([table[-1][0] == high, since == table, table == truth,
+                  gone == brute(hard)]))
+"""
+    )
+    assert result == [True, True, True, True]
