@@ -42,10 +42,8 @@ def descriptor_json(desc: ChildDescriptor) -> dict[str, Any]:
     }
 
 
-def child_finding(
-    type_: str, nodeid: str, phase: str, spawn: Spawn, desc: ChildDescriptor, allowed_by: str = ""
-) -> dict[str, Any]:
-    """A violation or an allowed descriptor in one child."""
+def _child(type_: str, nodeid: str, phase: str, spawn: Spawn) -> dict[str, Any]:
+    """What every finding about one child says of it."""
     return {
         "type": type_,
         "test": nodeid,
@@ -55,8 +53,17 @@ def child_finding(
         "route": spawn.route,
         "how": spawn.how,
         "hint": spawn.hint,
-        "allowed_by": allowed_by,
         "site": spawn.site,  # where the test started the child
+    }
+
+
+def child_finding(
+    type_: str, nodeid: str, phase: str, spawn: Spawn, desc: ChildDescriptor, allowed_by: str = ""
+) -> dict[str, Any]:
+    """A violation or an allowed descriptor in one child."""
+    return {
+        **_child(type_, nodeid, phase, spawn),
+        "allowed_by": allowed_by,
         "children": 1,  # children of this phase that received it
         "came_from": "",  # which test (or import time) first held it inheritable
         **descriptor_json(desc),
@@ -66,14 +73,7 @@ def child_finding(
 def reception_record(nodeid: str, phase: str, spawn: Spawn) -> dict[str, Any]:
     """One child that received undeclared descriptors, whatever the verdict on them."""
     return {
-        "type": RECEPTION,
-        "test": nodeid,
-        "phase": phase,
-        "pid": spawn.pid,
-        "argv": list(spawn.argv),
-        "route": spawn.route,
-        "how": spawn.how,
-        "site": spawn.site,
+        **_child(RECEPTION, nodeid, phase, spawn),
         "declared": list(spawn.declared),
         "incomplete": spawn.incomplete,
         "received": [descriptor_json(d) for d in spawn.received],
@@ -82,17 +82,7 @@ def reception_record(nodeid: str, phase: str, spawn: Spawn) -> dict[str, Any]:
 
 def incomplete_finding(nodeid: str, phase: str, spawn: Spawn) -> dict[str, Any]:
     """A child whose table was not seen whole: never read as clean."""
-    return {
-        "type": INCOMPLETE,
-        "test": nodeid,
-        "phase": phase,
-        "pid": spawn.pid,
-        "argv": list(spawn.argv),
-        "route": spawn.route,
-        "how": spawn.how,
-        "hint": spawn.hint,
-        "reason": spawn.incomplete,
-    }
+    return {**_child(INCOMPLETE, nodeid, phase, spawn), "reason": spawn.incomplete}
 
 
 def table_finding(
