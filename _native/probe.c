@@ -18,14 +18,19 @@
  *     here is O_CLOEXEC and closed before returning, no signal disposition
  *     is touched, nothing is printed, errno does not exist here;
  *   - any failure means "no record", silently: the plugin's self-test
- *     (run /bin/true, expect one record and empty stderr) notices a probe
- *     that cannot work.
+ *     (run /bin/true with one descriptor passed, expect one record that
+ *     shows it and empty stderr) notices a probe that cannot work.
  *
  * With NOINHERIT_PROBE_DIR=<absolute dir> in the environment it writes
  * <dir>/<pid>-<monotonic ns>.rec, created as .tmp (O_CREAT|O_EXCL|O_NOFOLLOW,
- * mode 0600) and renamed so that a reader never sees half a record.  The
- * record is streamed to the file in chunks, so it holds the whole table
- * whatever its size:
+ * mode 0600) and renamed so that a reader never sees half a record.  A
+ * program that holds nothing beyond descriptors 0-2 received nothing, and
+ * writes no record: that costs it three system calls (open /proc/self/fd,
+ * fstat, close) instead of a record's thirty or so.  NOINHERIT_PROBE_ALL=1
+ * asks for a record of every exec all the same (the run command lists every
+ * process).  Under valgrind (VALGRIND_LAUNCHER set) the descriptors at and
+ * above the RLIMIT_NOFILE soft limit are valgrind's own and are left out.  The record is streamed to the file in chunks, so it holds the
+ * whole table whatever its size:
  *
  *   noinherit-probe 1
  *   pid <pid>
@@ -94,8 +99,8 @@ NIP_HIDDEN void *memset(void *dst, int c, nip_size n)
     return dst;
 }
 
-#define NIP_ENV_PREFIX "NOINHERIT_PROBE_DIR="
-#define NIP_ENV_PREFIX_LEN (sizeof(NIP_ENV_PREFIX) - 1)
+#define NIP_ENV_DIR "NOINHERIT_PROBE_DIR="
+#define NIP_ENV_ALL "NOINHERIT_PROBE_ALL="
 #define NIP_PATH_CAP 4096
 #define NIP_CMDLINE_CAP 16384
 /* The record is built here and written out whenever it fills up. */
@@ -140,51 +145,134 @@ static long nip_read(long fd, char *buf, nip_size len)
 
 /* Length of the NOINHERIT_PROBE_DIR value, copied NUL-terminated into
  * nip_dir; 0 when the variable is absent, empty, unreadable or longer than
- * a path can be.  The environment is scanned in chunks, so it may be any
- * size; like getenv(), the first entry wins. */
-static nip_size nip_find_dir(void)
+ * a path can be.  nip_all is set when NOINHERIT_PROBE_ALL is "1", and
+ * nip_valgrind when VALGRIND_LAUNCHER is set: /proc/self/environ is then the
+ * environment valgrind's launcher gave the tool, and the program runs under
+ * valgrind, which keeps descriptors of its own at and above the
+ * RLIMIT_NOFILE it shows the program (coregrind/m_main.c,
+ * setup_file_descriptors).  The environment is scanned in chunks, so it may
+ * be any size; like getenv(), the first entry of each name wins. */
+static int nip_all, nip_valgrind;
+static nip_u64 nip_fd_cap = ~0ull; /* descriptors from here on are valgrind's */
+
+static nip_size nip_find_env(void)
 {
-    enum { NAME, SKIP, VALUE, DONE } state = NAME;
-    nip_size matched = 0, len = 0;
+    enum { NAME, SKIP, DIR, ALL } state = NAME;
+    static const char dir_name[] = NIP_ENV_DIR, all_name[] = NIP_ENV_ALL;
+    static const char vg_name[] = "VALGRIND_LAUNCHER=";
+    /* How much of each name the entry has matched so far; -1 once it differs. */
+    long dir_match = 0, all_match = 0, vg_match = 0;
+    int dir_seen = 0, all_seen = 0, vg_seen = 0, dir_bad = 0;
+    nip_size len = 0, all_len = 0;
     long fd, n, i;
 
+    nip_all = 0;
+    nip_valgrind = 0;
     fd = nip_sys4(NIP_SYS_openat, NIP_AT_FDCWD, "/proc/self/environ",
                   NIP_O_RDONLY | NIP_O_CLOEXEC, 0);
     if (fd < 0)
         return 0;
-    while (state != DONE) {
+    while (!(dir_seen && all_seen && vg_seen && state == SKIP)) {
         n = nip_read(fd, nip_io, sizeof nip_io);
         if (n < 0) {
-            len = 0;
+            dir_bad = 1;
             break;
         }
         if (n == 0) /* EOF: a value without its NUL still counts */
             break;
-        for (i = 0; i < n && state != DONE; i++) {
+        for (i = 0; i < n; i++) {
             char c = nip_io[i];
-            if (state == VALUE) {
-                if (c == '\0') {
-                    state = DONE;
-                } else if (len + 1 >= sizeof nip_dir) {
-                    len = 0; /* too long to be a usable directory */
-                    state = DONE;
-                } else {
-                    nip_dir[len++] = c;
-                }
-            } else if (c == '\0') {
+            if (c == '\0') {
                 state = NAME;
-                matched = 0;
-            } else if (state == NAME) {
-                if (c != NIP_ENV_PREFIX[matched])
+                dir_match = dir_seen ? -1 : 0;
+                all_match = all_seen ? -1 : 0;
+                vg_match = vg_seen ? -1 : 0;
+                if (dir_seen && all_seen && vg_seen) {
                     state = SKIP;
-                else if (++matched == NIP_ENV_PREFIX_LEN)
-                    state = VALUE;
+                    break;
+                }
+            } else if (state == DIR) {
+                if (len + 1 >= sizeof nip_dir)
+                    dir_bad = 1; /* too long to be a usable directory */
+                else
+                    nip_dir[len++] = c;
+            } else if (state == ALL) {
+                nip_all = ++all_len == 1 && c == '1';
+            } else if (state == NAME) {
+                if (dir_match >= 0)
+                    dir_match = c == dir_name[dir_match] ? dir_match + 1 : -1;
+                if (all_match >= 0)
+                    all_match = c == all_name[all_match] ? all_match + 1 : -1;
+                if (vg_match >= 0)
+                    vg_match = c == vg_name[vg_match] ? vg_match + 1 : -1;
+                if (dir_match == (long)sizeof dir_name - 1) {
+                    state = DIR;
+                    dir_seen = 1;
+                } else if (all_match == (long)sizeof all_name - 1) {
+                    state = ALL;
+                    all_seen = 1;
+                } else if (vg_match == (long)sizeof vg_name - 1) {
+                    state = SKIP;
+                    vg_seen = nip_valgrind = 1;
+                } else if (dir_match < 0 && all_match < 0 && vg_match < 0) {
+                    state = SKIP;
+                }
             }
         }
     }
     nip_close(fd);
+    if (dir_bad)
+        len = 0;
     nip_dir[len] = '\0';
     return len;
+}
+
+/* Whether the program holds a descriptor beyond 0-2, leaving out the one
+ * this opens to look; 1 when it cannot tell, so that a record is written. */
+static int nip_beyond_stdio(void)
+{
+    char st[NIP_STAT_SIZE] __attribute__((aligned(8))); /* struct stat */
+    long dirfd, n, off;
+    unsigned short reclen;
+    nip_u64 open_fds;
+    int beyond = 0;
+
+    dirfd = nip_sys4(NIP_SYS_openat, NIP_AT_FDCWD, "/proc/self/fd",
+                     NIP_O_RDONLY | NIP_O_DIRECTORY | NIP_O_CLOEXEC, 0);
+    if (dirfd < 0)
+        return 1;
+    /* openat() took the lowest free number (open(2)), so 3 means 0-2 are
+     * all open; st_size of /proc/self/fd is the number of open descriptors
+     * (Linux >= 6.2, 0 before), so 4 then means there is nothing else. */
+    if (dirfd == 3 && nip_sys2(NIP_SYS_fstat, dirfd, st) == 0) {
+        memcpy(&open_fds, st + NIP_STAT_FILESIZE, sizeof open_fds);
+        if (open_fds == 4) {
+            nip_close(dirfd);
+            return 0;
+        }
+    }
+    while (!beyond) {
+        n = nip_sys3(NIP_SYS_getdents64, dirfd, nip_io, sizeof nip_io);
+        if (n == -NIP_EINTR)
+            continue;
+        if (n < 0)
+            beyond = 1;
+        if (n <= 0)
+            break;
+        /* struct linux_dirent64, as in nip_put_fds */
+        for (off = 0; off < n && !beyond; off += reclen) {
+            const char *p = nip_io + off + 19;
+            long fd = 0;
+            memcpy(&reclen, nip_io + off + 16, sizeof reclen);
+            if (*p < '0' || *p > '9')
+                continue;
+            for (; *p >= '0' && *p <= '9'; p++)
+                fd = fd * 10 + (*p - '0');
+            beyond = fd > 2 && fd != dirfd && (nip_u64)fd < nip_fd_cap;
+        }
+    }
+    nip_close(dirfd);
+    return beyond;
 }
 
 /* --- streaming the record through nip_rec ------------------------------ */
@@ -454,7 +542,7 @@ static int nip_put_fds(void)
                 continue; /* "." and ".." */
             for (; *p >= '0' && *p <= '9'; p++)
                 fd = fd * 10 + (*p - '0');
-            if (*p != '\0' || fd == dirfd || fd == nip_out)
+            if (*p != '\0' || fd == dirfd || fd == nip_out || (nip_u64)fd >= nip_fd_cap)
                 continue;
             if (sizeof nip_rec - nip_pos < NIP_LINE_MAX)
                 nip_flush();
@@ -527,8 +615,13 @@ static void nip_probe(void)
     char *p;
     int complete;
 
-    if (nip_find_dir() == 0 || nip_dir[0] != '/')
+    if (nip_find_env() == 0 || nip_dir[0] != '/')
         return; /* off, or a relative path that would follow the child's cwd */
+    nip_fd_cap = ~0ull;
+    if (nip_valgrind && nip_sys4(NIP_SYS_prlimit64, 0, NIP_RLIMIT_NOFILE, 0, fsize) == 0)
+        nip_fd_cap = fsize[0]; /* what valgrind shows the program */
+    if (!nip_all && !nip_beyond_stdio())
+        return; /* received nothing beyond stdio: nothing to say */
     pid = nip_sys0(NIP_SYS_getpid);
     if (nip_sys2(NIP_SYS_clock_gettime, NIP_CLOCK_MONOTONIC, &now) != 0)
         return;

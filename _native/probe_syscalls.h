@@ -45,6 +45,7 @@
 #define NIP_STAT_DEV 0
 #define NIP_STAT_INO 8
 #define NIP_STAT_MODE 24
+#define NIP_STAT_FILESIZE 48 /* st_size, after st_uid, st_gid, a pad and st_rdev */
 
 static inline long nip_syscall(long n, long a, long b, long c, long d, long e)
 {
@@ -91,6 +92,7 @@ static inline long nip_syscall(long n, long a, long b, long c, long d, long e)
 #define NIP_STAT_DEV 0
 #define NIP_STAT_INO 8
 #define NIP_STAT_MODE 16
+#define NIP_STAT_FILESIZE 48 /* st_size, after st_nlink..st_rdev and a pad */
 
 static inline long nip_syscall(long n, long a, long b, long c, long d, long e)
 {
@@ -126,6 +128,7 @@ static inline long nip_syscall(long n, long a, long b, long c, long d, long e)
 #define NIP_F_GETFL 3
 #define NIP_CLOCK_MONOTONIC 1
 #define NIP_RLIMIT_FSIZE 1
+#define NIP_RLIMIT_NOFILE 7
 #define NIP_EINTR 4
 #define NIP_S_IFMT 0170000
 #define NIP_S_IFSOCK 0140000

@@ -131,13 +131,24 @@ def record_dir(tmp_path: Path) -> Path:
     return path
 
 
+PROBE_VARIABLES = ("LD_PRELOAD", "NOINHERIT_PROBE_DIR", "NOINHERIT_PROBE_ALL")
+
+
 def probe_env(record_dir: Path | str | None, **extra: str) -> dict[str, str]:
-    """This environment plus the probe; record_dir None leaves NOINHERIT_PROBE_DIR out."""
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "NOINHERIT_PROBE_DIR")}
+    """This environment plus the probe, recording every exec (NOINHERIT_PROBE_ALL=1).
+
+    record_dir None leaves NOINHERIT_PROBE_DIR out.  Most tests here look at
+    records of programs that hold only 0-2, which the probe leaves out
+    unless asked: ``NOINHERIT_PROBE_ALL=""`` in extra drops the variable.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in PROBE_VARIABLES}
     env["LD_PRELOAD"] = PRELOAD
+    env["NOINHERIT_PROBE_ALL"] = "1"
     if record_dir is not None:
         env["NOINHERIT_PROBE_DIR"] = str(record_dir)
     env.update(extra)
+    if not env["NOINHERIT_PROBE_ALL"]:
+        del env["NOINHERIT_PROBE_ALL"]
     return env
 
 
@@ -355,17 +366,61 @@ def test_probe_dir_is_found_in_a_large_environment(record_dir: Path, tmp_path: P
     """The variable is found after 200 KiB of environment, and look-alike names are ignored."""
     decoy = tmp_path / "decoy"
     decoy.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "NOINHERIT_PROBE_DIR")}
+    env = {k: v for k, v in os.environ.items() if k not in PROBE_VARIABLES}
     for i in range(4):  # /proc/self/environ is read in 64 KiB chunks
         env[f"BIG{i}"] = "NOINHERIT_PROBE_DIR=" * 2_500  # one string stays below 128 KiB
     env["XNOINHERIT_PROBE_DIR"] = str(decoy)
     env["NOINHERIT_PROBE_DIRX"] = str(decoy)
     env["LD_PRELOAD"] = PRELOAD
     env["NOINHERIT_PROBE_DIR"] = str(record_dir)
+    env["NOINHERIT_PROBE_ALL"] = "1"  # found after the directory, in the last chunk
     pid, _ = run_probed(["/bin/true"], env)
     [record] = read_records(record_dir)
     assert record.pid == pid
     assert os.listdir(decoy) == []
+
+
+def _run_clean_or_not(record_dir: Path, shell: str, **extra: str) -> list[ProbeRecord]:
+    """Records of /bin/true started by sh -c 'shell; exec /bin/true' (sh itself is not probed)."""
+    env = probe_env(record_dir, NOINHERIT_PROBE_ALL="", **extra)
+    env["LD_PRELOAD"] = ""
+    env["PROBE"] = PRELOAD
+    # The shell arranges the table, then execs true with the probe preloaded.
+    run_probed(["/bin/sh", "-c", f'{shell}; LD_PRELOAD="$PROBE" exec /bin/true'], env)
+    return read_records(record_dir)
+
+
+@requires_probe
+def test_a_program_holding_only_stdio_writes_no_record(record_dir: Path) -> None:
+    """Without NOINHERIT_PROBE_ALL a program with only 0-2 open received nothing: no record."""
+    assert _run_clean_or_not(record_dir, ":") == []
+
+
+@requires_probe
+@pytest.mark.parametrize("closed", ["0<&-", "1>&-", "2>&-", "0<&- 1>&- 2>&-"])
+def test_a_program_missing_some_stdio_writes_no_record(record_dir: Path, closed: str) -> None:
+    """With stdio descriptors closed (the probe's own then takes a number below 3): no record."""
+    assert _run_clean_or_not(record_dir, f"exec {closed}") == []
+
+
+@requires_probe
+@pytest.mark.parametrize("shell", ["exec 3</dev/null", "exec 7</dev/null", "exec 1>&- 5</dev/null"])
+def test_a_program_holding_more_than_stdio_writes_its_record(record_dir: Path, shell: str) -> None:
+    """One descriptor beyond 0-2, wherever it is and whatever stdio is missing: a record."""
+    [record] = _run_clean_or_not(record_dir, shell)
+    fd = int(shell.rpartition(" ")[2].partition("<")[0])
+    assert fd in record.fds
+    assert record.fds[fd].target == b"/dev/null"
+
+
+@requires_probe
+@pytest.mark.parametrize("value", ["0", "11", "", "yes"])
+def test_only_all_1_records_every_exec(record_dir: Path, value: str) -> None:
+    """NOINHERIT_PROBE_ALL means every exec only when it is exactly 1; look-alikes are ignored."""
+    env = probe_env(record_dir, NOINHERIT_PROBE_ALLX="1", XNOINHERIT_PROBE_ALL="1")
+    env["NOINHERIT_PROBE_ALL"] = value
+    run_probed(["/bin/true"], env)
+    assert read_records(record_dir) == []
 
 
 @requires_probe
@@ -488,3 +543,21 @@ def test_probe_on_a_noexec_mount_is_not_loaded(record_dir: Path, tmp_path: Path)
     # ld.so reports it on the program's stderr: what the plugin's self-test sees.
     print(done.stderr.decode(errors="replace"))
     assert b"cannot be preloaded" in done.stderr
+
+
+@requires_probe
+@pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
+@pytest.mark.skipif("ASAN_OPTIONS" in os.environ, reason="sanitizers do not run under valgrind")
+def test_under_valgrind_its_own_descriptors_are_left_out(record_dir: Path) -> None:
+    """valgrind's descriptors above the limit it shows the program are not the program's."""
+    r, w = os.pipe()
+    try:
+        env = probe_env(record_dir, NOINHERIT_PROBE_ALL="")
+        argv = ["valgrind", "-q", "--trace-children=yes", "/bin/true"]
+        done = subprocess.run(argv, env=env, pass_fds=(w,), capture_output=True, check=False)
+        assert done.returncode == 0, done.stderr
+    finally:
+        os.close(r)
+        os.close(w)
+    [record] = [r for r in read_records(record_dir) if r.exe.endswith(b"/true")]
+    assert sorted(record.fds) == [0, 1, 2, w]

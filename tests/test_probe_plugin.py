@@ -99,7 +99,7 @@ def test_environment_is_restored_and_user_preload_kept(pytester: pytest.Pytester
             out = subprocess.run(
                 [sys.executable, "-c", "import os; print(os.environ['LD_PRELOAD'])"],
                 capture_output=True, text=True, check=True,
-            ).stdout.split()
+            ).stdout.strip().split(":")
             assert out[0] == {libc!r}
             assert out[1].endswith("libnoinherit-probe.so")
 
@@ -306,3 +306,123 @@ def test_run_needs_a_command() -> None:
     assert proc.returncode == 2
     assert "run needs a command" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def _valgrind_strips_its_own(value: str) -> str:
+    """What valgrind leaves of a child's LD_PRELOAD: it splits on colons only."""
+    return ":".join(e for e in value.split(":") if "vgpreload" not in e)
+
+
+def test_preload_entries_are_joined_with_colons(monkeypatch: pytest.MonkeyPatch) -> None:
+    """User entries first, the probe last, colon-joined; a valgrind-style strip keeps the probe."""
+    lib = probe.library()
+    assert lib is not None
+    monkeypatch.setenv(
+        "LD_PRELOAD",
+        "/opt/vg/vgpreload_core-amd64-linux.so /opt/a.so:/old/libnoinherit-probe.so",
+    )
+    value = probe._preload_value(lib)
+    assert value == f"/opt/vg/vgpreload_core-amd64-linux.so:/opt/a.so:{lib}"
+    assert _valgrind_strips_its_own(value) == f"/opt/a.so:{lib}"
+    assert probe._valgrind_parent()
+    monkeypatch.setenv("LD_PRELOAD", "/opt/a.so")
+    assert not probe._valgrind_parent()
+
+
+def test_hide_keeps_the_user_entries_colon_joined(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An inner session without the probe drops only the probe from LD_PRELOAD."""
+    monkeypatch.setenv("LD_PRELOAD", "/opt/a.so /x/libnoinherit-probe.so:/opt/b.so")
+    monkeypatch.setenv(probe.DIR_ENV, "/nowhere")
+    monkeypatch.setenv(probe.ALL_ENV, "1")
+    env = probe.ProbeEnvironment("/elsewhere")
+    env.hide()
+    assert os.environ["LD_PRELOAD"] == "/opt/a.so:/opt/b.so"
+    assert probe.DIR_ENV not in os.environ
+    assert probe.ALL_ENV not in os.environ
+    env.stop()
+    assert os.environ["LD_PRELOAD"] == "/opt/a.so /x/libnoinherit-probe.so:/opt/b.so"
+    assert os.environ[probe.ALL_ENV] == "1"
+
+
+@pytest.mark.parametrize("every_exec", [True, False])
+def test_start_sets_the_record_mode_and_stop_restores(
+    monkeypatch: pytest.MonkeyPatch, every_exec: bool
+) -> None:
+    """NOINHERIT_PROBE_ALL=1 only for every_exec; stop() puts all three variables back."""
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.delenv(probe.DIR_ENV, raising=False)
+    monkeypatch.setenv(probe.ALL_ENV, "outer")
+    env = probe.ProbeEnvironment("/records", every_exec=every_exec)
+    env.start()
+    assert os.environ.get(probe.ALL_ENV) == ("1" if every_exec else None)
+    assert os.environ[probe.DIR_ENV] == "/records"
+    env.stop()
+    assert os.environ[probe.ALL_ENV] == "outer"
+    assert "LD_PRELOAD" not in os.environ
+    assert probe.DIR_ENV not in os.environ
+
+
+@pytest.mark.parametrize("every_exec", [True, False])
+def test_self_test_passes_in_both_modes(every_exec: bool) -> None:
+    """The self-test child is given a pipe, so it writes a record whichever mode is asked for."""
+    from pytest_noinherit import recorddir
+
+    d = recorddir.create()
+    try:
+        assert probe.ProbeEnvironment(d, every_exec=every_exec).self_test() == ""
+    finally:
+        recorddir.remove(d)
+
+
+def _fake_preload_object(tmp_path: os.PathLike[str], name: str) -> str:
+    """A loadable, empty shared object called name (valgrind's are vgpreload_*.so)."""
+    source = os.path.join(tmp_path, "empty.c")
+    with open(source, "w") as f:
+        f.write("int nip_fake_preload_object;\n")
+    path = os.path.join(tmp_path, name)
+    try:
+        subprocess.run(["cc", "-shared", "-fPIC", "-o", path, source], check=True)
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip("needs a C compiler")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("stderr", "verdict"),
+    [
+        ("==42== Memcheck, a memory error detector\\n--42-- warning: L3 cache found\\n", ""),
+        ("ERROR: ld.so: object cannot be preloaded\\n", "the loader complained: ERROR: ld.so*"),
+    ],
+)
+def test_self_test_under_valgrind_ignores_only_valgrind_chatter(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: os.PathLike[str], stderr: str, verdict: str
+) -> None:
+    """Under a vgpreload entry, ==PID== and --PID-- lines are valgrind's, not the loader's."""
+    import fnmatch
+
+    from pytest_noinherit import recorddir
+
+    fake = _fake_preload_object(tmp_path, "vgpreload_core-fake.so")
+    program = os.path.join(tmp_path, "chatty")
+    with open(program, "w") as f:
+        f.write(f"#!/bin/sh\nprintf '{stderr}' >&2\n")
+    os.chmod(program, 0o755)
+    monkeypatch.setattr(probe, "_SELF_TEST", program)
+    monkeypatch.setenv("LD_PRELOAD", fake)
+    d = recorddir.create()
+    try:
+        found = probe.ProbeEnvironment(d).self_test()
+    finally:
+        recorddir.remove(d)
+    assert fnmatch.fnmatch(found, verdict), found
+
+
+def test_self_test_ignores_the_record_of_valgrinds_launcher() -> None:
+    """Under valgrind --trace-children the launcher is probed too: its record is not the child's."""
+    fd = probe.ProbeFd(5, 0, 0, 1, 2, stat.S_IFIFO, "pipe:[2]")
+    launcher = probe.ProbeRecord(7, 1, 0, "/usr/bin/valgrind", ("valgrind", "-q"), (fd,))
+    tool = probe.ProbeRecord(7, 1, 0, "/usr/libexec/valgrind/memcheck", ("x",), (fd,))
+    child = probe.ProbeRecord(7, 1, 1, "/usr/bin/true", ("/bin/true",), (fd,))
+    assert [probe._valgrind_record(r) for r in (launcher, tool, child)] == [True, True, False]
+    assert probe._self_test_verdict([child], 0, (5, 1, 2)) == ""
+    assert "does not show the pipe" in probe._self_test_verdict([child], 0, (5, 1, 3))

@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 import timeit
 from pathlib import Path
 
@@ -476,3 +477,86 @@ def test_run_survives_odd_records_and_keeps_the_status(capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "UNREADABLE record: 1-\u00b2.rec: not a probe record" in err
     assert "UNREADABLE record: d.rec: a directory, not a file" in err
+
+
+# -- one listing per drain, none when nothing changed -------------------------------
+
+
+def _tick() -> None:
+    """Let the coarse clock move on: a change within the tick of a listing counts as new."""
+    time.sleep(0.02)
+
+
+def test_changed_tells_a_new_record_from_nothing(tmp_path: Path) -> None:
+    """changed() is False after a listing until a record arrives; a take counts as a change."""
+    with recorddir.RecordDirectory.open(str(private_dir(tmp_path))) as d:
+        assert d.changed()  # never listed
+        _tick()
+        assert list(d.consume(recorddir.FORK_SUFFIX, bytes)) == []
+        assert not d.changed()
+        recorddir.write(d.path, b"{}")
+        assert d.changed()
+        assert list(d.consume(recorddir.FORK_SUFFIX, bytes)) == [b"{}"]
+        assert d.changed()  # our own removal
+        _tick()
+        assert list(d.consume(recorddir.PROBE_SUFFIX, bytes)) == []
+        assert not d.changed()
+
+
+def test_two_suffixes_cost_one_listing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A drain's two consume calls share one listing when the first took nothing."""
+    listings = []
+    real_scan = recorddir._scan
+    monkeypatch.setattr(recorddir, "_scan", lambda fd: listings.append(fd) or real_scan(fd))
+    with recorddir.RecordDirectory.open(str(private_dir(tmp_path))) as d:
+        _tick()
+        for _ in range(10):
+            assert list(d.consume(recorddir.FORK_SUFFIX, bytes)) == []
+            assert list(probe.read_records(d)) == []
+        assert len(listings) == 1
+
+
+def test_changed_misses_nothing_under_a_writer_in_a_tight_loop(tmp_path: Path) -> None:
+    """A writer renaming records in as fast as it can: each drain that skips listing is right."""
+    import threading
+
+    total = 3000
+    done = [0]  # records fully renamed into place
+    path = private_dir(tmp_path)
+
+    def writer() -> None:
+        for i in range(total):
+            recorddir.write(str(path), str(i).encode())
+            done[0] += 1
+
+    taken: list[bytes] = []
+    skipped = 0
+    with recorddir.RecordDirectory.open(str(path)) as d:
+        thread = threading.Thread(target=writer)
+        thread.start()
+        while thread.is_alive() or len(taken) < total:
+            before = done[0]
+            if not d.changed():
+                # Nothing may have arrived since the listing: every record
+                # renamed before changed() was asked has been taken already.
+                assert len(taken) >= before, (len(taken), before)
+                skipped += 1
+            taken += [t for t in d.consume(recorddir.FORK_SUFFIX, bytes) if isinstance(t, bytes)]
+            if not thread.is_alive() and len(taken) < total and not d.changed():
+                break  # would loop for ever: the assertion below says what was missed
+        thread.join()
+    assert sorted(int(t) for t in taken) == list(range(total))
+    assert os.listdir(path) == []
+    assert skipped > 0
+
+
+def test_a_filesystem_the_kernel_does_not_stamp_is_always_listed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where mtimes come from elsewhere (NFS: the server's clock), changed() is always True."""
+    assert not recorddir._stamped_by_this_kernel("/proc/self")
+    monkeypatch.setattr(recorddir, "_stamped_by_this_kernel", lambda path: False)
+    with recorddir.RecordDirectory.open(str(private_dir(tmp_path))) as d:
+        _tick()
+        assert list(d.consume(recorddir.FORK_SUFFIX, bytes)) == []
+        assert d.changed()
