@@ -5,6 +5,8 @@ function of ``pytest_noinherit._core`` and copies the result out into plain
 Python objects; a C failure (-1 with ``errno``) becomes :class:`OSError`.
 Importing this module raises :class:`ImportError` when the extension was not
 built, so the caller can fall back to the pure-Python backend.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ record directory.  This module finds the library, switches it on for the
 session (and off again, leaving ``os.environ`` exactly as it was), checks it
 with one short child, and parses the records defensively: a record is
 untrusted input written by whatever program ran.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ It uses only what the standard library offers (``os.listdir`` on
 ``/proc/self/fd``, ``fcntl``, ``os.fstat``), so it runs wherever CPython runs
 on Linux and serves as the fallback when the native core was not built.
 The functions mirror ``pytest_noinherit.native`` one for one.
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations

@@ -15,6 +15,8 @@ path cannot redirect the reader.  The children still write by path, so
 :func:`check` also makes sure no other user can swap any directory on that
 path (every ancestor owned by root or us, and not writable by others
 unless sticky, like ``/tmp``).
+
+PYTEST_DONT_REWRITE (see plugin.py)
 """
 
 from __future__ import annotations
