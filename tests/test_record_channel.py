@@ -266,6 +266,25 @@ def test_probe_says_truncated_under_rlimit_fsize(tmp_path: Path) -> None:
     assert 100 < len(rec.fds) < 3000
 
 
+@requires_probe
+def test_probe_writes_nothing_when_not_even_its_header_fits(tmp_path: Path) -> None:
+    """Under an RLIMIT_FSIZE smaller than a record's header the probe leaves no file at all."""
+    d = private_dir(tmp_path)
+    lib = probe.library()
+    assert lib is not None
+    code = textwrap.dedent(
+        f"""\
+        import os, resource, subprocess
+        r, w = os.pipe()
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16, resource.RLIM_INFINITY))
+        env = dict(os.environ, NOINHERIT_PROBE_DIR={str(d)!r}, LD_PRELOAD={lib!r})
+        subprocess.run(["/bin/true"], pass_fds=(w,), env=env, check=True)
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert os.listdir(d) == []  # neither a record nor a half-written .tmp
+
+
 def _probe_true_with_files(
     tmp_path: Path, d: Path, count: int, fsize: int | None
 ) -> probe.ProbeRecord:
@@ -547,7 +566,10 @@ def test_changed_misses_nothing_under_a_writer_in_a_tight_loop(tmp_path: Path) -
         thread.join()
     assert sorted(int(t) for t in taken) == list(range(total))
     assert os.listdir(path) == []
-    assert skipped > 0
+    # How many drains skipped depends on how fast this machine runs the two
+    # threads (none under coverage): that a skip happens at all is proven
+    # deterministically by test_changed_tells_a_new_record_from_nothing.
+    del skipped
 
 
 def test_a_filesystem_the_kernel_does_not_stamp_is_always_listed(
