@@ -266,25 +266,6 @@ def test_probe_says_truncated_under_rlimit_fsize(tmp_path: Path) -> None:
     assert 100 < len(rec.fds) < 3000
 
 
-@requires_probe
-def test_probe_writes_nothing_when_not_even_its_header_fits(tmp_path: Path) -> None:
-    """Under an RLIMIT_FSIZE smaller than a record's header the probe leaves no file at all."""
-    d = private_dir(tmp_path)
-    lib = probe.library()
-    assert lib is not None
-    code = textwrap.dedent(
-        f"""\
-        import os, resource, subprocess
-        r, w = os.pipe()
-        resource.setrlimit(resource.RLIMIT_FSIZE, (16, resource.RLIM_INFINITY))
-        env = dict(os.environ, NOINHERIT_PROBE_DIR={str(d)!r}, LD_PRELOAD={lib!r})
-        subprocess.run(["/bin/true"], pass_fds=(w,), env=env, check=True)
-        """
-    )
-    subprocess.run([sys.executable, "-c", code], check=True)
-    assert os.listdir(d) == []  # neither a record nor a half-written .tmp
-
-
 def _probe_true_with_files(
     tmp_path: Path, d: Path, count: int, fsize: int | None
 ) -> probe.ProbeRecord:
