@@ -570,6 +570,28 @@ def _as_directory(directory: str | RecordDirectory) -> tuple[RecordDirectory, bo
     return RecordDirectory.open(directory), True
 
 
+def _through(
+    directory: str | RecordDirectory, act: Callable[[RecordDirectory], Iterator[T]]
+) -> Iterator[T | RecordError]:
+    """act on the directory, opened (and closed again) here when given as a path.
+
+    A directory that does not exist yields nothing; one that is not private
+    yields one RecordError saying why, and act never runs.
+    """
+    try:
+        opened, close = _as_directory(directory)
+    except UntrustedDirectory as exc:
+        yield RecordError(str(exc), "untrusted record directory")
+        return
+    except OSError:
+        return
+    try:
+        yield from act(opened)
+    finally:
+        if close:
+            opened.close()
+
+
 def consume(
     directory: str | RecordDirectory,
     suffix: str,
@@ -585,36 +607,14 @@ def consume(
     A directory that does not exist yields nothing; one that is not private
     yields one RecordError saying why, and nothing is read from it.
     """
-    try:
-        opened, close = _as_directory(directory)
-    except UntrustedDirectory as exc:
-        yield RecordError(str(exc), "untrusted record directory")
-        return
-    except OSError:
-        return
-    try:
-        yield from opened.consume(suffix, parse)
-    finally:
-        if close:
-            opened.close()
+    return _through(directory, lambda opened: opened.consume(suffix, parse))
 
 
 def sweep(
     directory: str | RecordDirectory, keep: Iterable[str] = SUFFIXES
 ) -> Iterator[RecordError]:
     """Take and report every entry that is no record; see :meth:`RecordDirectory.sweep`."""
-    try:
-        opened, close = _as_directory(directory)
-    except UntrustedDirectory as exc:
-        yield RecordError(str(exc), "untrusted record directory")
-        return
-    except OSError:
-        return
-    try:
-        yield from opened.sweep(keep)
-    finally:
-        if close:
-            opened.close()
+    return _through(directory, lambda opened: opened.sweep(keep))
 
 
 def write(directory: str, data: bytes, suffix: str = FORK_SUFFIX) -> None:
