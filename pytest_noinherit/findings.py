@@ -307,14 +307,20 @@ def write_summary(
     problems: Sequence[str],
     fixed: Sequence[tuple[str, str, str]] = (),
     known_path: str | None = None,
+    notes_ignored: bool = False,
 ) -> None:
-    """The terminal summary section (nothing at all when there is nothing to say)."""
+    """The terminal summary section (nothing at all when there is nothing to say).
+
+    ``notes_ignored``: the run's warning filters ignore DescriptorLeakWarning,
+    so the notes that are warnings by nature (latent descriptors, leaks) are
+    left out; failures are never.
+    """
     known = [f for f in summary.findings if f.get("known")]
     violations = [f for f in summary.of_type(VIOLATION) if not f.get("known")]
     leftovers = [f for f in summary.of_type(LEFTOVER) if not f.get("known")]
-    latent = summary.of_type(LATENT)
+    latent = [] if notes_ignored else summary.of_type(LATENT)
     incomplete = [f for f in summary.of_type(INCOMPLETE) if not f.get("known")]
-    leaks = summary.of_type(LEAK)
+    leaks = [] if notes_ignored else summary.of_type(LEAK)
     allowed = summary.of_type(ALLOWED)
     found = violations or leftovers or latent or incomplete or leaks or allowed or known or fixed
     verbosity = int(getattr(tr, "verbosity", 0))

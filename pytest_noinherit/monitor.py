@@ -23,6 +23,7 @@ from pytest_noinherit import known as known_mod
 from pytest_noinherit.allowances import Allowance
 from pytest_noinherit.fdtable import FdEntry, FdTable
 from pytest_noinherit.probe import ProbeEnvironment
+from pytest_noinherit.receptions import traceback_at
 from pytest_noinherit.settings import Settings
 from pytest_noinherit.spawns import Spawn, SpawnTracker
 from pytest_noinherit.warning_types import DescriptorLeakWarning
@@ -333,6 +334,7 @@ class Monitor:
     def _judge(self, item: pytest.Item, when: str, own_outcome: bool) -> None:
         __tracebackhide__ = True
         spawns = self.tracker.drain()
+        frames, self.tracker.site_frames = self.tracker.site_frames, {}
         found = []
         if spawns:
             found = verdict.judge_children(
@@ -367,7 +369,12 @@ class Monitor:
             return
         lines = [findings.failure_message(failing)] if failing else []
         lines += [f"DescriptorLeakWarning: {text}" for text in escalated]
-        pytest.fail("\n".join(lines), pytrace=False)
+        failure = pytest.fail.Exception("\n".join(lines), pytrace=False)
+        at = next((frames[f["site"]] for f in failing if f.get("site") in frames), None)
+        if at is None:
+            raise failure
+        # Raised in the test's own frame, at the line that started the child.
+        raise failure.with_traceback(traceback_at(at))
 
     def _warn_leaks(self, item: pytest.Item, found: list[dict[str, Any]]) -> list[str]:
         """Warn about each leak; the texts of those that -W error turned into exceptions."""

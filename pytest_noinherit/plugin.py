@@ -16,6 +16,7 @@ import pytest
 
 from pytest_noinherit import allowances, fdtable, findings, newhooks, report, settings
 from pytest_noinherit.fdtable import FdTable
+from pytest_noinherit.warning_types import DescriptorLeakWarning, ignored_by_filters
 
 if TYPE_CHECKING:  # imported when configured: it needs POSIX, this module must not
     from pytest_noinherit.monitor import Monitor
@@ -173,6 +174,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             monitor.tracker.problems,
             fixed=monitor.fixed(),
             known_path=monitor.settings.known_path,
+            notes_ignored=ignored_by_filters(terminalreporter.config, DescriptorLeakWarning),
         )
 
 

@@ -18,8 +18,9 @@ import os
 import re
 import sys
 import sysconfig
+import types
 from collections.abc import Iterable
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 from pytest_noinherit import fdtable, probe, recorddir
 from pytest_noinherit.allowances import ChildDescriptor
@@ -190,7 +191,12 @@ _INSTALLED = re.compile(r"[/\\](site|dist)-packages[/\\]")
 _FRAMES = 40  # a spawn is rarely deeper than this below the code that asked for it
 
 
-def call_site(route: str, depth: int = 2, root: str | None = None) -> str:
+def call_site(
+    route: str,
+    depth: int = 2,
+    root: str | None = None,
+    frames: dict[str, CallFrame] | None = None,
+) -> str:
     """Where the caller's code started a child: ``tests/t.py:12 in test_x (subprocess.run)``.
 
     The first frame outside the standard library, this package and the
@@ -199,6 +205,9 @@ def call_site(route: str, depth: int = 2, root: str | None = None) -> str:
     outermost standard-library function below it is the API it used
     (``subprocess.run``, ``os.spawnv``); without one, ``route``.  Paths are
     shown relative to ``root`` (the rootdir) when they lie below it.
+
+    With ``frames``, the caller's frame is kept there under the site's text,
+    so that a failure about this child can be raised *in* it (:func:`traceback_at`).
     """
     frame: Any = sys._getframe(depth)
     api = route
@@ -217,9 +226,30 @@ def call_site(route: str, depth: int = 2, root: str | None = None) -> str:
             module = os.path.splitext(os.path.relpath(name, _stdlib_root(name)))[0]
             api = f"{module.replace(os.sep, '.')}.{_function(frame)}"
         else:
-            return _site(name, frame.f_lineno, frame.f_code.co_name, api, root)
+            site = _site(name, frame.f_lineno, frame.f_code.co_name, api, root)
+            if frames is not None:
+                frames.setdefault(site, CallFrame(frame, frame.f_lasti, frame.f_lineno))
+            return site
         frame = frame.f_back
     return _site(*library, root) if library else api
+
+
+class CallFrame(NamedTuple):
+    """The caller's frame at the moment it started a child, and where it was."""
+
+    frame: types.FrameType
+    lasti: int
+    lineno: int
+
+
+def traceback_at(at: CallFrame) -> types.TracebackType:
+    """A traceback that ends in the test's own frame, at the line that started the child.
+
+    An exception raised with it ends its traceback there, so ``--pdb`` (which
+    opens the last frame) stops in the test with its locals, not in this
+    plugin, whose hooks run after the test returned.
+    """
+    return types.TracebackType(None, at.frame, at.lasti, at.lineno)
 
 
 def _site(name: str, line: int, function: str, api: str, root: str | None) -> str:

@@ -49,6 +49,7 @@ from pytest_noinherit.receptions import (
     RECORD_SUFFIX,
     REPORTED,
     STDIO,
+    CallFrame,
     Key,
     Origins,
     Spawn,
@@ -94,6 +95,8 @@ class SpawnTracker:
         self.origins: Origins | None = None  # patch mode's creation records
         self.lineage = ProbeLineage(records, self.owner_pid, baseline, self.problems)
         self.site_root: str | None = None  # call sites are shown relative to it
+        # The frames of the call sites of this phase's receiving children, by site.
+        self.site_frames: dict[str, CallFrame] = {}
         self._failed_execs: set[int] = set()  # children whose exec raised in the parent
 
     # -- installation ---------------------------------------------------------
@@ -233,7 +236,9 @@ class SpawnTracker:
                 received = sorted(steady + seen, key=lambda e: e.fd)
         if received or (self.probe_on and pid is not None):
             descs = tuple(map(self.describe, received))
-            site = call_site(route, 1, self.site_root)
+            # A child that received something may fail the test: keep the frame.
+            frames = self.site_frames if received else None
+            site = call_site(route, 1, self.site_root, frames)
             self._add(Spawn(route, pid, argv_of(argv), how, descs, hint, kept, site=site))
 
     # -- wrappers ---------------------------------------------------------------

@@ -193,3 +193,55 @@ def test_quiet_summaries_shrink(pytester: pytest.Pytester) -> None:
     very = pytester.runpytest("-p", "noinherit", "-qq")
     very.stdout.fnmatch_lines(["noinherit: 2 violations (6 tests)"])
     very.stdout.no_fnmatch_line("*noinherit summary*")
+
+
+LATENT_AND_LEAKING = """
+import os, subprocess
+
+def test_latent():
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+
+def test_leaking():
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    subprocess.run(["/bin/true"], close_fds=False)
+    os.close(r); os.close(w)
+"""
+
+
+@pytest.mark.parametrize(
+    ("args", "ini", "quiet"),
+    [
+        pytest.param([], "", False, id="no-filter"),
+        pytest.param(["-W", "ignore"], "", True, id="ignore-all"),
+        pytest.param(
+            ["-W", "ignore::pytest_noinherit.DescriptorLeakWarning"], "", True, id="ignore-category"
+        ),
+        pytest.param(["-W", "ignore::DeprecationWarning"], "", False, id="other-category"),
+        pytest.param([], "ignore::pytest_noinherit.DescriptorLeakWarning", True, id="ini"),
+        pytest.param(
+            ["-W", "default::pytest_noinherit.DescriptorLeakWarning"],
+            "ignore::pytest_noinherit.DescriptorLeakWarning",
+            False,
+            id="command-line-wins",
+        ),
+        pytest.param([], "error", False, id="error"),
+    ],
+)
+def test_warning_filters_quiet_the_notes_never_the_failures(
+    pytester: pytest.Pytester, args: list[str], ini: str, quiet: bool
+) -> None:
+    """-W / filterwarnings that ignore DescriptorLeakWarning drop LATENT lines, not violations."""
+    if ini:
+        pytester.makeini(f"[pytest]\nfilterwarnings =\n    {ini}\n")
+    pytester.makepyfile(test_notes=LATENT_AND_LEAKING)
+    result = pytester.runpytest("-p", "noinherit", "--noinherit-report", "report.json", *args)
+    result.assert_outcomes(passed=1, failed=1)
+    lines = summary_lines(result)
+    assert any(line.startswith("VIOLATION") for line in lines), lines
+    assert any(line.startswith("LATENT") for line in lines) is not quiet, lines
+    doc = json.loads((pytester.path / "report.json").read_text())
+    assert [f["test"] for f in doc["findings"] if f["type"] == "latent"] == [
+        "test_notes.py::test_latent"
+    ]

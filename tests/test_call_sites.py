@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 
@@ -107,3 +108,40 @@ def test_an_installed_wrapper_is_not_the_call_site(pytester: pytest.Pytester) ->
     result.stdout.fnmatch_lines(
         ["    started at test_wrapped.py:8 in test_through_a_library (subprocess.run)"]
     )
+
+
+PDB_ROUTES = {
+    "run": 'subprocess.run(["/bin/true"], close_fds=False)',
+    "system": 'os.system("true")',
+    "posix_spawn": 'os.waitpid(os.posix_spawn("/bin/true", ["true"], os.environ), 0)',
+}
+
+
+@pytest.mark.parametrize("route", sorted(PDB_ROUTES))
+def test_pdb_stops_in_the_test_at_the_line_that_started_the_child(
+    pytester: pytest.Pytester, route: str
+) -> None:
+    """--pdb opens the test's own frame, at the spawn's line, with the test's locals."""
+    pytester.makepyfile(
+        test_pdb=f"""
+        import os, subprocess
+
+        def test_leak():
+            r, w = os.pipe()
+            os.set_inheritable(w, True)
+            marker = "the test's own local"
+            {PDB_ROUTES[route]}
+            os.close(r); os.close(w)
+        """
+    )
+    # runpytest_subprocess takes no input: the same command through run().
+    command = [sys.executable, "-m", "pytest", "-p", "noinherit", "-p", "no:randomly", "--pdb"]
+    result = pytester.run(*command, stdin=b"p marker\nq\n", timeout=120)
+    result.stdout.fnmatch_lines(
+        [
+            "> *test_pdb.py(7)test_leak()",
+            f"-> {PDB_ROUTES[route]}",
+            '(Pdb) "the test\'s own local"',
+        ]
+    )
+    assert "pytest_noinherit" not in result.stdout.str().split("entering PDB")[1].split("(Pdb)")[0]
