@@ -99,6 +99,25 @@ class RecordError(ValueError):
         self.count = count or max(len(self.names), 1)
 
 
+# Every probed child creates, renames and the reader unlinks a record: on a
+# disk file system each is a journal update (~117 us per child on ext4 vs
+# ~17 us on tmpfs, measured).  /dev/shm is a tmpfs wherever it exists.
+_MEMORY_PARENT = "/dev/shm"
+
+
+def default_parent() -> str:
+    """Where record directories go: TMPDIR if the user set it, else memory, else the temp dir."""
+    if (
+        "TMPDIR" not in os.environ
+        and sys.platform.startswith("linux")
+        and os.path.isdir(_MEMORY_PARENT)
+        and os.access(_MEMORY_PARENT, os.W_OK | os.X_OK)
+        and not _unsafe_ancestor(os.path.join(_MEMORY_PARENT, PREFIX))
+    ):
+        return _MEMORY_PARENT
+    return tempfile.gettempdir()
+
+
 class UntrustedDirectory(OSError):
     """A record directory that another user could read, forge or swap."""
 
@@ -219,7 +238,7 @@ class RecordDirectory:
     @classmethod
     def create(cls, parent: str | None = None) -> RecordDirectory:
         """A new private directory named after this process; stale ones are removed first."""
-        parent = parent or tempfile.gettempdir()
+        parent = parent or default_parent()
         remove_stale(parent)
         name = f"{PREFIX}{os.getpid()}-{_start_time(os.getpid())}-{secrets.token_hex(4)}"
         path = os.path.join(parent, name)
@@ -690,7 +709,7 @@ def remove_stale(parent: str | None = None) -> int:
     """
     if _WINDOWS:
         return 0  # os.kill would terminate the process, and nothing forks there
-    parent = parent or tempfile.gettempdir()
+    parent = parent or default_parent()
     removed = 0
     try:
         parent_fd = os.open(parent, os.O_RDONLY | _DIRECTORY | _CLOEXEC)
