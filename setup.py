@@ -5,6 +5,10 @@
   libc-free shared object for ``LD_PRELOAD``, so it gets its own compile
   step after ``build_ext``.  It is optional: if it cannot be built the
   install goes on and the plugin reports the probe as unavailable.
+* The kernel exec observer (``_native/observer.c``, probe mode ``kernel``)
+  is a small executable, built on Linux next to the probe and just as
+  optional: without it the mode reports itself unavailable and the session
+  falls back to the probe.
 """
 
 from __future__ import annotations
@@ -47,6 +51,13 @@ PROBE_ABIS: dict[str, list[tuple[list[str], list[str]]]] = {
 }
 
 
+OBSERVER_SOURCE = os.path.join("_native", "observer.c")
+OBSERVER_NAME = "noinherit-observer"
+# An ordinary C program linked against the system libc: it is started by the
+# plugin itself, never preloaded into anything.
+OBSERVER_FLAGS = shlex.split("-O2 -std=gnu11 -Wall -Wextra -s")
+
+
 class build_ext_with_probe(build_ext):
     """``build_ext`` with an optional native core, then the optional exec-probe build.
 
@@ -87,6 +98,22 @@ class build_ext_with_probe(build_ext):
             for target in targets[1:]:
                 self.copy_file(targets[0], target)
             self._probe_outputs += targets
+        self._build_observer(compiler, package_dir)
+
+    def _build_observer(self, compiler: list[str], package_dir: str) -> None:
+        """The kernel exec observer, optional like the probe."""
+        target = os.path.join(package_dir, "_probe", OBSERVER_NAME)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.exists(target):  # never leave an observer from an earlier build
+            os.unlink(target)
+        cmd = [*compiler, *OBSERVER_FLAGS, "-o", target, OBSERVER_SOURCE]
+        try:
+            subprocess.run(cmd, check=True, capture_output=True, text=True)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            detail = getattr(exc, "stderr", None) or exc
+            self.warn(f"kernel exec observer not built ({shlex.join(cmd)}): {detail}")
+            return
+        self._probe_outputs.append(target)
 
     def get_outputs(self) -> list[str]:
         built = [path for path in super().get_outputs() if os.path.exists(path)]

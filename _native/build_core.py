@@ -61,6 +61,12 @@ def make_builder(native_dir: str, platform: str = sys.platform) -> FFI:
         options = {"libraries": ["ws2_32"], "extra_compile_args": extra, "extra_link_args": extra}
     else:
         sources = ["core_common.c", platform_source(platform)]
+        headers.append("noinherit_audit.h")  # the C audit-event filter (POSIX)
+        sources.append("core_audit.c")
+        headers.append("noinherit_delta.h")  # the per-test check (POSIX)
+        if platform.startswith("linux"):  # the kernel exec observer's in-process half
+            headers.append("noinherit_kernel.h")
+            sources.append("core_kernel.c")
         options = {
             "extra_compile_args": ["-O2", "-std=gnu11", "-Wall", "-Wextra", "-pthread", *extra],
             "extra_link_args": ["-pthread", *extra],
@@ -71,7 +77,9 @@ def make_builder(native_dir: str, platform: str = sys.platform) -> FFI:
         "\n".join(f'#include "{h}"' for h in headers),
         sources=[os.path.join(native_dir, s) for s in sources],
         include_dirs=[native_dir],
-        depends=[os.path.join(native_dir, h) for h in (*headers, "core_internal.h")],
+        depends=[
+            os.path.join(native_dir, h) for h in (*headers, "core_internal.h", "kernel_filter.h")
+        ],
         **options,
     )
     return builder
@@ -94,7 +102,10 @@ def compile_in_place() -> str:
     with tempfile.TemporaryDirectory(prefix="noinherit-build-") as tmp:
         built = builder.compile(tmpdir=tmp, verbose=True)
         target = os.path.join(package_dir, os.path.basename(built))
-        shutil.copyfile(built, target)
+        # A new file renamed over the old one: a running process keeps the
+        # mapping of the library it loaded (overwriting it in place crashes it).
+        shutil.copyfile(built, target + ".new")
+        os.replace(target + ".new", target)
     return target
 
 

@@ -19,6 +19,7 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #if defined(__STDC_VERSION__) && __STDC_VERSION__ >= 201112L && !defined(__STDC_NO_ATOMICS__)
@@ -27,6 +28,7 @@
 #endif
 
 #include "core_internal.h"
+#include "noinherit_delta.h"
 
 /* ---------------------------------------------------------------------- */
 /* The inheritable flag                                                    */
@@ -103,12 +105,26 @@ int nic_fill_entry(int fd, nic_entry *e)
     return nic_fill_entry_flags(fd, flags, e);
 }
 
+/* fstat(2) by its own system call where glibc's struct stat is the
+ * kernel's: glibc >= 2.33 turns fstat() into newfstatat(fd, "",
+ * AT_EMPTY_PATH), whose empty-path check costs ~20 % more per call (on
+ * x86-64, Linux 6.18: 380 vs 470 ns), and this is half of the snapshot's
+ * floor of two system calls per descriptor. */
+static int fstat_fd(int fd, struct stat *st)
+{
+#if defined(__linux__) && defined(__x86_64__) && defined(SYS_fstat)
+    return (int)syscall(SYS_fstat, fd, st);
+#else
+    return fstat(fd, st);
+#endif
+}
+
 int nic_fill_entry_flags(int fd, int fd_flags, nic_entry *e)
 {
     struct stat st;
     e->fd = (uint64_t)fd;
     e->flags = (fd_flags & FD_CLOEXEC) ? NIC_FLAG_CLOEXEC : 0;
-    if (fstat(fd, &st) == 0) {
+    if (fstat_fd(fd, &st) == 0) {
         e->dev = (uint64_t)st.st_dev;
         e->ino = (uint64_t)st.st_ino;
         e->mode = (uint64_t)st.st_mode;
@@ -418,12 +434,24 @@ __attribute__((weak)) int nic_target(int fd, char *buf, int size)
     return -1;
 }
 
-/* Platforms without a cheaper way than a full snapshot keep this one; the
+/* Platforms without a cheaper way than a full snapshot keep these two; the
  * Linux backend defines its own (a weak symbol yields to it at link time). */
 __attribute__((weak)) int nic_snapshot_since(nic_entry *out, int cap, const nic_entry *prev,
                                              int nprev)
 {
     (void)prev;
     (void)nprev;
+    return nic_snapshot(out, cap, NIC_METHOD_AUTO);
+}
+
+__attribute__((weak)) int nic_snapshot_delta(nic_entry *out, int cap, const nic_entry *prev,
+                                             int nprev, int options, int *same)
+{
+    if (nprev < 0 || (nprev > 0 && prev == NULL) || (options & ~NIC_DELTA_FLAGS) != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    if (same != NULL)
+        *same = 0;
     return nic_snapshot(out, cap, NIC_METHOD_AUTO);
 }

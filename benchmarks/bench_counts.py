@@ -24,6 +24,9 @@ Parts (``--part``, default all):
   (``--trace-children=yes``, one cachegrind file per process, summed), in
   default mode and with ``--noinherit-strict`` (the exec probe); first a
   check whether the probe's records survive valgrind;
+* **audit**: the cost of one audit event nobody wants (``sys.audit("x.y")``
+  a million times, 100 000 with ``--quick``) with no hook, the plugin's
+  Python hook and the native core's C filter in front of it;
 * **fds**: trivial tests with 16, 1 000 and 10 000 descriptors held open by a
   session-scoped fixture: instructions, system calls and CPU time (timed, for
   the 0.3 ms target) per test; and whether the native snapshot takes a slower
@@ -92,7 +95,26 @@ class Sizes:
 
 FULL = Sizes((500, 2_000), 300, (16, 1_000, 10_000), (10, 50), (20, 100), (100, 500), 3)
 QUICK = Sizes((100, 400), 50, (16, 1_000, 10_000), (5, 20), (10, 40), (50, 200), 2)
-PARTS = ("startup", "trivial", "children", "fds")
+PARTS = ("startup", "trivial", "children", "audit", "fds")
+AUDIT_EVENTS = {"full": 1_000_000, "quick": 100_000}
+AUDIT_MODES = ("none", "python", "c")
+# One process per (mode, count); the per-event cost is the difference of two counts.
+AUDIT_SCRIPT = """import sys
+
+mode, n = sys.argv[1], int(sys.argv[2])
+from pytest_noinherit import spawns
+
+if mode == "python":
+    sys.addaudithook(spawns._audit_hook)
+elif mode == "c":
+    from pytest_noinherit import native
+
+    if not native.add_audit_hook(spawns.__name__, "_audit_hook", spawns.AUDIT_EVENTS):
+        raise SystemExit("this build of the native core has no C audit filter")
+audit = sys.audit
+for _ in range(n):
+    audit("x.y")
+"""
 
 # -q keeps valgrind's banner and totals off the program's stderr (the totals
 # are read from the cachegrind files); its warning about the host's cache
@@ -313,6 +335,7 @@ class Bench:
         self.verdicts: list[str] = []
         self.results: dict[Job, Counts] = {}
         self.probe_lib = self._probe_library()
+        self.audit_events = AUDIT_EVENTS["quick" if sizes is QUICK else "full"]
 
     @staticmethod
     def _probe_library() -> str | None:
@@ -457,6 +480,29 @@ class Bench:
             )
             for label, vg in (("probe check", False), ("probe check valgrind tree", True))
         ]
+
+    def jobs_audit(self) -> list[Job]:
+        return [
+            Job(
+                f"audit {mode} {n} valgrind",
+                (sys.executable, "-c", AUDIT_SCRIPT, mode, str(n)),
+                self.root,
+                valgrind=True,
+            )
+            for mode in AUDIT_MODES
+            for n in (0, self.audit_events)
+        ]
+
+    def warm_up_audit(self) -> None:
+        """Write the bytecode the audit runs read (each mode imports other modules)."""
+        for mode in AUDIT_MODES:
+            subprocess.run(
+                (sys.executable, "-c", AUDIT_SCRIPT, mode, "0"),
+                cwd=self.root,
+                env=self.base_env,
+                capture_output=True,
+                check=False,
+            )
 
     def jobs_fds(self) -> list[Job]:
         jobs = []
@@ -714,6 +760,21 @@ class Bench:
             return None
         return float(with_probe.instructions - without.instructions)
 
+    def report_audit(self) -> None:
+        n = self.audit_events
+        print(f'\naudit: instructions per sys.audit("x.y"), an event no hook wants ({n:,} calls)')
+        per = {
+            mode: per_unit(
+                self.get(f"audit {mode} {n} valgrind").instructions,
+                self.get(f"audit {mode} 0 valgrind").instructions,
+                n,
+            )
+            for mode in AUDIT_MODES
+        }
+        for mode, label in zip(AUDIT_MODES, ("no hook", "Python hook", "C filter")):
+            added = "" if mode == "none" else f", the hook adds {fmt_ir(per[mode] - per['none'])}"
+            print(f"  {label:<12} {fmt_ir(per[mode]):>8} per event{added}")
+
     def report_fds(self, timed: dict[int, dict[str, float]]) -> None:
         print(
             "\nfds: trivial tests with descriptors held open by a session-scoped fixture"
@@ -849,6 +910,27 @@ def raise_nofile(needed: int) -> str:
     return f"RLIMIT_NOFILE soft {soft}, hard {hard}"
 
 
+def counted_jobs(bench: Bench, parts: Sequence[str], probe_works: bool) -> list[Job]:
+    """The counted runs of these parts, after the warm-up runs they need."""
+    jobs: list[Job] = []
+    if "children" in parts:
+        jobs += bench.jobs_children(probe_works)
+    if "fds" in parts:
+        jobs += bench.jobs_fds()
+    if "audit" in parts:
+        jobs += bench.jobs_audit()
+    if "trivial" in parts:
+        jobs += bench.jobs_trivial()
+    if set(parts) - {"fds", "audit"}:
+        jobs += bench.jobs_startup()
+    if bench.suites:
+        print(f"\nwarm-up: {len(bench.suites)} suites, plugin on and off", flush=True)
+        bench.warm_up()
+    if "audit" in parts:
+        bench.warm_up_audit()
+    return jobs
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     missing = [tool for tool in ("valgrind", "strace") if shutil.which(tool) is None]
@@ -873,24 +955,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 run_all(bench.probe_check_jobs(), args.jobs, bench.scratch, bench.base_env)
             )
             probe_works = bench.report_probe_check()
-        jobs: list[Job] = []
-        if "children" in parts:
-            jobs += bench.jobs_children(probe_works)
-        if "fds" in parts:
-            jobs += bench.jobs_fds()
-        if "trivial" in parts:
-            jobs += bench.jobs_trivial()
-        if set(parts) - {"fds"}:
-            jobs += bench.jobs_startup()
-        print(f"\nwarm-up: {len(bench.suites)} suites, plugin on and off", flush=True)
-        bench.warm_up()
+        jobs = counted_jobs(bench, parts, probe_works)
         print(f"\n{len(jobs)} counted runs", flush=True)
         bench.results.update(run_all(jobs, args.jobs, bench.scratch, bench.base_env))
         timed: dict[int, dict[str, float]] = {}
         if "fds" in parts and not args.no_timed:
             print("\ntimed runs (one at a time)", flush=True)
             timed = {fds: bench.timed_fds(fds) for fds in sizes.fds if fds == TARGET_FDS}
-        if set(parts) - {"fds"}:
+        if set(parts) - {"fds", "audit"}:
             bench.report_startup()
         trivial = bench.report_trivial() if "trivial" in parts else None
         if "children" in parts:
@@ -901,6 +973,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "no plugin strace": bench.get("start-up [bytecode cache] strace no plugin"),
             }
             bench.report_children(probe_works, start_counts, trivial)
+        if "audit" in parts:
+            bench.report_audit()
         if "fds" in parts:
             bench.report_fds(timed)
     print(f"\nSummary ({time.perf_counter() - start:.0f} s)")

@@ -20,6 +20,18 @@ snapshot saw) and a fresh process also starts with a cold
 3. **scan**: the same comparison for the generic fallback method
    (``snapshot("scan")``, a poll over every slot below the soft limit), for
    information: its cost is expected to follow the limit.
+4. **check**: the per-test check, ``fdtable.snapshot_since(table, flags)``
+   when nothing changed, with 16, 1 000 and 10 000 descriptors held (as a
+   session fixture holds them): default mode (``flags=False``) and strict
+   mode (``flags=True``), timed, and with ``--counts`` also counted in a
+   child process: system calls per call (``strace -f -c``) and instructions
+   per call (valgrind's cachegrind, ``--cache-sim=no``), each as the
+   difference between 200 calls and none.
+
+Part 1 runs pinned to one CPU, as the issue states its floor (two system
+calls per descriptor, ``fcntl(F_GETFD)`` + ``fstat``, measured by a C loop
+compiled here with cffi); part 1b repeats the largest sizes on every CPU the
+process may use, where the native core lets a second thread help.
 
 Timing is timeit-style: one warm-up call, a loop count calibrated so that one
 batch lasts at least ``--min-batch`` seconds, the garbage collector off
@@ -49,7 +61,8 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 FD_DIR = "/proc/self/fd"
-PARTS = ("size", "rlimit", "scan")
+PARTS = ("size", "parallel", "rlimit", "scan", "check")
+CHECK_CALLS = 200
 FIXED_SIZES = (16, 1_000, 10_000)
 LIMIT_MARGIN = 200  # room for the interpreter, the listing's own dirfd, pipes
 LOW_SOFT_LIMIT = 1_024
@@ -57,9 +70,13 @@ RLIMIT_OPEN_FDS = 10
 
 # Targets from the issue.
 TARGET_LARGE_FDS = 10_000
-TARGET_LARGE_SPEEDUP = 5.0  # native >= 5x faster than the pure-Python equivalent
-TARGET_SMALL_SPEEDUP = 1.0  # ~16 fds: native not slower
+TARGET_LARGE_SPEEDUP = 4.0  # native >= 4x faster than the pure-Python equivalent
+TARGET_SMALL_SPEEDUP = 3.0  # ~16 fds: >= 3x
+TARGET_FLOOR = 1.10  # 10 000 fds, one CPU: within 10 % of F_GETFD + fstat per fd
 TARGET_RLIMIT_SPREAD = 1.20  # soft 1024 vs hard: within 20 %
+TARGET_CHECK_SECONDS = 0.3e-3  # the per-test check, 10 000 fds, default mode
+TARGET_CHECK_SYSCALLS = 50
+TARGET_CHECK_FLAT = 2.0  # 10 000 fds vs 16, default mode
 
 BACKEND_ENV = "PYTEST_NOINHERIT_BACKEND"
 
@@ -198,23 +215,92 @@ def verdict(ok: bool, text: str) -> None:
 
 # -- part 1: cost against table size -------------------------------------------
 
+FLOOR_SOURCE = """
+#include <fcntl.h>
+#include <sys/stat.h>
+
+int floor_read(const int *fds, int n)
+{
+    struct stat st;
+    int open = 0;
+    for (int i = 0; i < n; i++)
+        if (fcntl(fds[i], F_GETFD) >= 0 && fstat(fds[i], &st) == 0)
+            open++;
+    return open;
+}
+"""
+
+
+def floor_function() -> Callable[[], Callable[[], object]] | None:
+    """The floor: F_GETFD + fstat of each open descriptor, a C loop (None without a compiler)."""
+    import importlib.machinery
+    import importlib.util
+    import tempfile
+
+    try:
+        from cffi import FFI
+
+        ffi = FFI()
+        ffi.cdef("int floor_read(const int *fds, int n);")
+        ffi.set_source("_bench_snapshot_floor", FLOOR_SOURCE)
+        path = ffi.compile(tmpdir=tempfile.mkdtemp(prefix="bench-floor-"))
+        loader = importlib.machinery.ExtensionFileLoader("_bench_snapshot_floor", path)
+        spec = importlib.util.spec_from_file_location("_bench_snapshot_floor", path, loader=loader)
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+    except Exception as exc:  # no compiler, no cffi: no floor line
+        print(f"  (no floor: {exc})")
+        return None
+    lib, cffi_ffi = module.lib, module.ffi
+
+    def factory() -> Callable[[], object]:
+        # Listed once per table size: the listing is the baseline's cost, not the floor's.
+        fds = [int(name) for name in os.listdir(FD_DIR)]
+        buf = cffi_ffi.new("int[]", fds)
+        return lambda: lib.floor_read(buf, len(fds))
+
+    return factory
+
+
+def pin_to_one_cpu() -> str:
+    """Run on one CPU from now on (the floor is stated for one core); which one."""
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[-1]})
+    return f"CPU {cpus[-1]} of {len(cpus)}"
+
 
 def part_size(args: argparse.Namespace) -> None:
+    size_part(args, parallel=False)
+
+
+def part_parallel(args: argparse.Namespace) -> None:
+    size_part(args, parallel=True)
+
+
+def size_part(args: argparse.Namespace, parallel: bool) -> None:  # noqa: PLR0915 - one report
     import pytest_noinherit
     from pytest_noinherit import native, pure
 
     hard = raise_soft_limit()
     top = min(hard, args.max_fds) - LIMIT_MARGIN
     sizes = [*FIXED_SIZES, top] if top > FIXED_SIZES[-1] else list(FIXED_SIZES)
+    if parallel:
+        sizes = sizes[2:]
+        where = f"every CPU this process may use ({len(os.sched_getaffinity(0))})"
+    else:
+        where = "pinned to " + pin_to_one_cpu()
     public = f"p.snapshot() [{pytest_noinherit.backend()}]"
     print(
-        f"Part 1: snapshot cost against table size"
+        f"Part 1{'b' if parallel else ''}: snapshot cost against table size, {where}"
         f" (public backend: {pytest_noinherit.backend()}, {pytest_noinherit.backend_reason()};"
         f" RLIMIT_NOFILE hard {hard}; median of {args.repeat} interleaved repetitions)"
     )
     print("  speedup = baseline median / case median (> 1: faster than the baseline)")
+    floor = floor_function()
     pool = DevNullPool()
     speedups: dict[int, float] = {}
+    floors: dict[int, float] = {}
     try:
         for size in sizes:
             got = pool.fill_to(size)
@@ -222,8 +308,10 @@ def part_size(args: argparse.Namespace) -> None:
                 Case("listdir + F_GETFD + fstat (baseline)", listdir_equivalent),
                 Case("pure.snapshot()", pure.snapshot),
                 Case("native.snapshot() raw array", native.snapshot),
-                Case(public + " public API", pytest_noinherit.snapshot),
             ]
+            if floor is not None:
+                cases.append(Case("floor: F_GETFD + fstat per fd, C", floor()))
+            cases.append(Case(public + " public API", pytest_noinherit.snapshot))
             counts = {len(listdir_equivalent()), len(pure.snapshot()) // 5}
             counts |= {len(native.snapshot()) // 5, len(pytest_noinherit.snapshot())}
             measure(cases, args.repeat, args.min_batch)
@@ -241,6 +329,9 @@ def part_size(args: argparse.Namespace) -> None:
                     f" {case.loops:>6} {base / case.median:>7.2f}x"
                 )
             speedups[size] = base / cases[-1].median
+            if floor is not None:
+                floors[size] = cases[-1].median / cases[-2].median
+                print(f"  public snapshot() / floor: {floors[size]:.3f}")
     finally:
         pool.close_all()
 
@@ -248,11 +339,22 @@ def part_size(args: argparse.Namespace) -> None:
     if pytest_noinherit.backend() != "native":
         print(f"SKIP  targets: the public backend is {pytest_noinherit.backend()}, not native")
         return
+    if parallel:
+        for size, ratio in floors.items():
+            print(f"INFO  {size} fds, every CPU: public snapshot() / one-core floor {ratio:.3f}")
+        return
+    if TARGET_LARGE_FDS in floors:
+        ratio = floors[TARGET_LARGE_FDS]
+        verdict(
+            ratio <= TARGET_FLOOR,
+            f"{TARGET_LARGE_FDS} fds, one CPU: public snapshot() {ratio:.3f}x the floor"
+            f" (F_GETFD + fstat per fd; target <= {TARGET_FLOOR:.2f}x)",
+        )
     small = speedups[FIXED_SIZES[0]]
     verdict(
         small >= TARGET_SMALL_SPEEDUP,
         f"~{FIXED_SIZES[0]} fds: public snapshot() {small:.2f}x the speed of the"
-        f" pure-Python equivalent (target: not slower, >= {TARGET_SMALL_SPEEDUP:.1f}x)",
+        f" pure-Python equivalent (target >= {TARGET_SMALL_SPEEDUP:.0f}x)",
     )
     large = speedups[TARGET_LARGE_FDS]
     verdict(
@@ -338,6 +440,119 @@ def part_scan(args: argparse.Namespace) -> None:
         print(f"INFO  scan method, soft hard vs {LOW_SOFT_LIMIT}: {ratio:.2f}x (no target)")
 
 
+# -- part 4: the per-test check ----------------------------------------------------
+
+CHECK_CHILD = """
+import os, resource, sys
+from pytest_noinherit import fdtable
+size, calls, flags = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+missing = size - len(os.listdir("/proc/self/fd")) + 1
+held = [os.open(os.devnull, os.O_RDONLY) for _ in range(missing)]
+for fd in held[::2]:
+    os.set_inheritable(fd, True)
+table = fdtable.snapshot_since(fdtable.snapshot(), flags)
+for _ in range(calls):
+    assert fdtable.snapshot_since(table, flags) is table
+"""
+
+
+def counted(tool: str, size: int, flags: bool, calls: int) -> int:
+    """System calls (strace) or instructions (cachegrind) of a CHECK_CHILD run."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="bench-check-") as tmp:
+        out = os.path.join(tmp, "out")
+        if tool == "strace":
+            cmd = ["strace", "-f", "-c", "-o", out]
+        else:
+            cmd = ["valgrind", "-q", "--tool=cachegrind", "--cache-sim=no"]
+            cmd.append(f"--cachegrind-out-file={out}")
+        cmd += [sys.executable, "-c", CHECK_CHILD, str(size), str(calls), "1" if flags else "0"]
+        subprocess.run(cmd, check=True, capture_output=True)
+        with open(out, encoding="utf-8") as f:
+            text = f.read()
+    if tool == "strace":
+        # % time, seconds, usecs/call, calls, [errors,] syscall
+        last = [line.split() for line in text.splitlines() if line.strip().endswith("total")]
+        return int(last[-1][3]) if last else 0
+    return int(next(line.split()[1] for line in text.splitlines() if line.startswith("summary:")))
+
+
+def part_check(args: argparse.Namespace) -> None:
+    import shutil
+
+    from pytest_noinherit import fdtable
+
+    raise_soft_limit()
+    print(
+        "Part 4: the per-test check when nothing changed,"
+        " fdtable.snapshot_since(table, flags) with descriptors held"
+        f" (median of {args.repeat} interleaved repetitions)"
+    )
+    pool = DevNullPool()
+    timed: dict[tuple[int, bool], float] = {}
+    try:
+        for size in FIXED_SIZES:
+            got = pool.fill_to(size)
+            tables = {flags: fdtable.snapshot_since(fdtable.snapshot(), flags) for flags in (0, 1)}
+            cases = [
+                Case(
+                    f"{'strict (flags)' if flags else 'default (numbers)'}",
+                    lambda flags=flags, tables=tables: fdtable.snapshot_since(
+                        tables[flags], bool(flags)
+                    ),
+                )
+                for flags in (0, 1)
+            ]
+            measure(cases, args.repeat, args.min_batch)
+            for flags, case in zip((False, True), cases):
+                timed[(size, flags)] = case.median
+            print(
+                f"  {got:>6} fds: default {us(cases[0].median)} µs,"
+                f" strict {us(cases[1].median)} µs per check"
+            )
+    finally:
+        pool.close_all()
+    syscalls: dict[tuple[int, bool], float] = {}
+    if args.counts:
+        tools = [t for t in ("strace", "valgrind") if shutil.which(t)]
+        print(f"  counted ({', '.join(tools) or 'no strace, no valgrind'}), per check:")
+        for size in FIXED_SIZES:
+            for flags in (False, True):
+                per = {
+                    tool: (counted(tool, size, flags, CHECK_CALLS) - counted(tool, size, flags, 0))
+                    / CHECK_CALLS
+                    for tool in tools
+                }
+                syscalls[(size, flags)] = per.get("strace", -1)
+                text = ", ".join(
+                    f"{per[t]:,.1f} {'syscalls' if t == 'strace' else 'instructions'}"
+                    for t in tools
+                )
+                print(f"  {size:>6} fds, {'strict ' if flags else 'default'}: {text}")
+    print()
+    big, small = timed[(TARGET_LARGE_FDS, False)], timed[(FIXED_SIZES[0], False)]
+    verdict(
+        big <= TARGET_CHECK_SECONDS,
+        f"{TARGET_LARGE_FDS} fds, default mode: the check takes {us(big)} µs"
+        f" (target <= {us(TARGET_CHECK_SECONDS)} µs)",
+    )
+    verdict(
+        big / small <= TARGET_CHECK_FLAT,
+        f"default mode, {TARGET_LARGE_FDS} vs {FIXED_SIZES[0]} fds: {big / small:.2f}x"
+        f" (target: flat within {TARGET_CHECK_FLAT:.0f}x)",
+    )
+    if (TARGET_LARGE_FDS, False) in syscalls and syscalls[(TARGET_LARGE_FDS, False)] >= 0:
+        calls = syscalls[(TARGET_LARGE_FDS, False)]
+        verdict(
+            calls <= TARGET_CHECK_SYSCALLS,
+            f"{TARGET_LARGE_FDS} fds, default mode: {calls:.1f} system calls per check"
+            f" (target <= {TARGET_CHECK_SYSCALLS})",
+        )
+
+
 # -- driver --------------------------------------------------------------------
 
 
@@ -352,6 +567,7 @@ def run_parts(args: argparse.Namespace) -> int:
         cmd = [sys.executable, "-u", os.path.abspath(__file__), "--part", part]
         cmd += ["--repeat", str(args.repeat), "--rounds", str(args.rounds)]
         cmd += ["--min-batch", str(args.min_batch), "--max-fds", str(args.max_fds)]
+        cmd += ["--counts"] if args.counts else []
         print(flush=True)
         with subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env) as proc:
             assert proc.stdout is not None
@@ -386,6 +602,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=100_000,
         help="cap for the hard-limit table size (default 100000)",
     )
+    parser.add_argument(
+        "--counts",
+        action="store_true",
+        help="part 4: also count system calls (strace) and instructions (valgrind) per check",
+    )
     parser.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)  # one part, in-process
     args = parser.parse_args(argv)
     if args.repeat is None:
@@ -409,7 +630,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as exc:
         print(f"the native core is not built ({exc}); nothing to compare", file=sys.stderr)
         return 2
-    {"size": part_size, "rlimit": part_rlimit, "scan": part_scan}[args.part](args)
+    parts = {"size": part_size, "parallel": part_parallel, "rlimit": part_rlimit}
+    parts |= {"scan": part_scan, "check": part_check}
+    parts[args.part](args)
     return 0
 
 

@@ -22,6 +22,7 @@ from pytest_noinherit import fdtable, findings, recorddir, verdict
 from pytest_noinherit import known as known_mod
 from pytest_noinherit.allowances import Allowance
 from pytest_noinherit.fdtable import FdEntry, FdTable
+from pytest_noinherit.kernel import KernelSession
 from pytest_noinherit.probe import ProbeEnvironment
 from pytest_noinherit.receptions import traceback_at
 from pytest_noinherit.settings import Settings
@@ -66,6 +67,17 @@ def _marker_source(item: pytest.Item, node: Any) -> str:
     return f"marker on {node.nodeid}"
 
 
+def _xdist_controller(config: pytest.Config) -> bool:
+    """Whether this process is a pytest-xdist controller, whose workers run the tests."""
+    if hasattr(config, "workerinput"):
+        return False
+    try:
+        dist = config.getoption("dist")
+    except ValueError:  # xdist is not installed or not loaded
+        return False
+    return bool(dist and dist != "no")
+
+
 def _tracker_class() -> type[SpawnTracker]:
     """The spawn tracker of this platform."""
     if sys.platform == "win32":
@@ -90,6 +102,7 @@ class Monitor:
         self.tracker.site_root = str(config.rootpath)
         # A child that holds only 0-2 received nothing: it writes no record.
         self.probe = ProbeEnvironment(self.records.path, every_exec=False)
+        self.kernel = KernelSession(self.records, self.tracker.problems)
         self.probe_status = self._start_probe()
         self.nodeid: str | None = None  # the test in progress, for creation records
         self.unpatch = self._start_patch(str(config.rootpath))
@@ -132,18 +145,41 @@ class Monitor:
             raise pytest.UsageError(f"--noinherit-known: {exc}") from None
 
     def _start_probe(self) -> str:
-        """Switch the exec probe on if asked to and it works; the header's words."""
+        """Switch the exec probe or the kernel observer on as asked; the header's words.
+
+        ``auto`` (in strict mode) takes the kernel observer where it works
+        without side effects, else the probe; ``kernel`` may set
+        no_new_privs for it.  Where the observer cannot be used, the probe
+        is, and the header says why.
+        """
         mode = self.settings.probe
         if mode == "off" or (mode == "auto" and not self.settings.strict):
             self.probe.hide()
+            self.kernel.hide()
             return "off"
+        why_not_kernel = ""
+        if mode == "kernel" or (mode == "auto" and sys.platform.startswith("linux")):
+            if _xdist_controller(self.config):
+                # The workers run the tests and their children: each installs
+                # its own filter (one installed here would be theirs too, and
+                # only one listener may exist per process tree).
+                self.probe.hide()
+                return f"{mode} (in each xdist worker)"
+            why_not_kernel = self.kernel.start(explicit=mode == "kernel")
+            if not why_not_kernel:
+                self.probe.hide()  # an outer session's probe must not record our children
+                self.tracker.probe_on = True
+                nnp = ", no_new_privs set: setuid programs gain no privileges"
+                return f"kernel (seccomp exec observer{nnp if self.kernel.no_new_privs else ''})"
+        self.kernel.hide()
+        fallback = f" (kernel observer unavailable: {why_not_kernel})" if why_not_kernel else ""
         problem = self.probe.self_test()
         if problem:
             self.probe.hide()
-            return f"unavailable: {problem}"
+            return f"unavailable: {problem}{fallback}"
         self.probe.start()
         self.tracker.probe_on = True
-        return "on"
+        return f"on{fallback}"
 
     def _start_patch(self, root: str) -> Callable[[], None] | None:
         """Patch mode: PEP 446 creators and a creation record for every descriptor."""
@@ -165,17 +201,31 @@ class Monitor:
         if self.unpatch is not None:
             self.unpatch()
         self.probe.stop()
+        self.kernel.stop()
         self.tracker.uninstall()
         self.records.remove()
 
     # -- test phases ------------------------------------------------------------
 
+    # One wrapper per phase, each judging after everything else in its phase
+    # ran, with the phase's own exception in hand.  Plain hooks cost half a
+    # wrapper each (pluggy), but "after the phase, whatever its outcome" takes
+    # two of them: a trylast impl runs only when nothing before it raised, and
+    # pytest_runtest_makereport is no substitute, since subtests (pytest 9)
+    # call it in the middle of a call phase.  So wrappers stay, with the phase
+    # inline (no nested generator) and nothing per test that xdist alone needs
+    # (see pytest_report_to_serializable).
+
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
+        __tracebackhide__ = True  # a failure raised here is about the test, not the plugin
         spawns = self.tracker.drain()
         if spawns:
             self._judge_outside(spawns)
         self.nodeid = item.nodeid
+        self.ran.add(item.nodeid)
+        if self.unsent:  # the previous test's reports were sent (or never will be)
+            self.unsent.clear()
         if self.last_table is None:
             self.before = fdtable.snapshot()
             if not self.tests_started:
@@ -185,42 +235,66 @@ class Monitor:
             self.before, self.last_table = self.last_table, None
         self.carried = []
         self.allowances, problem = self._marker_allowances(item)
-        yield from self._phase(item, "setup")
+        try:
+            yield
+        except BaseException:
+            # The test's own outcome stands; its violations fail its teardown.
+            self._judge(item, "setup", own_outcome=True)
+            raise
+        self._judge(item, "setup", own_outcome=False)
         if problem:
             # Raised after setup so that pytest's own setup and teardown stay paired.
             pytest.fail(problem, pytrace=False)
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, None, None]:
-        return (yield from self._phase(item, "call"))
-
-    @pytest.hookimpl(wrapper=True, tryfirst=True)
-    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
-        return (yield from self._phase(item, "teardown"))
-
-    def _phase(self, item: pytest.Item, when: str) -> Generator[None, None, None]:
-        __tracebackhide__ = True  # a failure raised here is about the test, not the plugin
+        __tracebackhide__ = True
         try:
             result = yield
         except BaseException:
-            # The test's own outcome stands; its violations fail its teardown.
-            self._judge(item, when, own_outcome=True)
+            self._judge(item, "call", own_outcome=True)
             raise
-        self._judge(item, when, own_outcome=False)
+        self._judge(item, "call", own_outcome=False)
         return result
 
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, None, None]:
+        __tracebackhide__ = True
+        try:
+            result = yield
+        except BaseException:
+            self._judge(item, "teardown", own_outcome=True)
+            raise
+        self._judge(item, "teardown", own_outcome=False)
+        return result
+
+    # -- findings across processes (pytest-xdist) -------------------------------
+    #
+    # Findings go into the summary when they are judged.  A worker's travel on
+    # the phase's TestReport to the controller: attached when the report is
+    # serialised (the worker sends every report that way), read when the
+    # controller deserialises it.  A run without xdist calls neither hook, so
+    # it pays nothing per report.
+
     @pytest.hookimpl(tryfirst=True)
-    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        # Before pytest-xdist's worker sends the report: findings travel on it
-        # to the controller, whose own call of this hook collects them.
-        found = self.unsent.pop((report.nodeid, report.when), None) if self.unsent else None
+    def pytest_report_to_serializable(
+        self, report: pytest.TestReport | pytest.CollectReport
+    ) -> None:
+        if not self.unsent or not isinstance(report, pytest.TestReport):
+            return
+        found = self.unsent.pop((report.nodeid, report.when), None)
         if found:
             report.noinherit = found  # type: ignore[attr-defined]
-        else:
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_report_from_serializable(self) -> Generator[None, object, object]:
+        report = yield
+        if isinstance(report, pytest.TestReport):
             found = getattr(report, "noinherit", None)
-        if isinstance(found, list):
-            self.summary.add(f for f in found if isinstance(f, dict) and "type" in f)
-        self.ran.add(report.nodeid)
+            if isinstance(found, list):
+                self.summary.add(f for f in found if isinstance(f, dict) and "type" in f)
+            self.ran.add(report.nodeid)
+        return report
 
     # -- fixtures of broader scope ----------------------------------------------
 
@@ -264,8 +338,17 @@ class Monitor:
 
     def _marker_allowances(self, item: pytest.Item) -> tuple[list[Allowance], str]:
         """The test's marker allowances, and what is wrong with them if anything."""
+        # Item.iter_markers_with_node's walk (closest node first), without its
+        # generators: every test pays for it, and almost none has the marker.
+        marked: list[tuple[Any, Any]] = []
+        node: Any = item
+        while node is not None:
+            marked += [(node, m) for m in node.own_markers if m.name == allow_mod.MARKER]
+            node = node.parent
+        if not marked:
+            return [], ""
         result = []
-        for node, mark in item.iter_markers_with_node(allow_mod.MARKER):
+        for node, mark in marked:
             try:
                 result.append(allow_mod.build(_marker_source(item, node), mark.args, mark.kwargs))
             except ValueError as exc:
@@ -343,12 +426,15 @@ class Monitor:
             )
         if when == "teardown":
             found += self._table_findings(item)
+        if not (found or spawns) and (when != "teardown" or not self.carried):
+            return  # nothing happened in this phase: every test's common case
         if found:
             for f in found:
                 self.config.hook.pytest_noinherit_finding(item=item, finding=f)
         if found or spawns:
             # The receptions travel with the findings (xdist), for the JSON report.
             records = [findings.reception_record(item.nodeid, when, s) for s in spawns]
+            self.summary.add(found + records)
             self.unsent[(item.nodeid, when)] = found + records
         failing = verdict.failing(found)
         if self.known is not None:
@@ -398,10 +484,12 @@ class Monitor:
         """Leftovers, latent leftovers and leaks of a test whose teardown just ended."""
         before, self.before = self.before, None
         fixture_left, self.fixture_leftovers = self.fixture_leftovers, []
-        # Between two phases of one test, an in-place swap of a descriptor
-        # (same number, same flag) is the one change this cheaper read misses.
+        # The cheaper read misses a descriptor swapped in place (same number)
+        # during the test; flags are read only where a flip can fail or warn
+        # (strict: leftovers; leaks: a swap to another flag), see docs/limits.md.
+        flags = self.settings.strict or self.settings.leaks
         after = self.last_table = (
-            fdtable.snapshot_since(before) if before is not None else fdtable.snapshot()
+            fdtable.snapshot_since(before, flags) if before is not None else fdtable.snapshot()
         )
         if before is None or (after == before and not fixture_left):
             return []

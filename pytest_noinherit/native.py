@@ -31,6 +31,7 @@ __all__ = [
     "seal",
     "set_inheritable",
     "snapshot",
+    "snapshot_since",
     "socket_info",
     "target",
 ]
@@ -105,17 +106,49 @@ def snapshot(method: str = "auto") -> array.array[int]:
     return _read(lambda buf, cap: lib.nic_snapshot(buf, cap, code))
 
 
-def snapshot_since(previous: array.array[int]) -> array.array[int]:
-    """Like snapshot(), reusing previous's identity for descriptors whose flag is unchanged.
+def snapshot_since(previous: array.array[int], flags: bool = True) -> array.array[int]:
+    """The table now, carrying over previous's entries whose number is still open.
 
-    One ``F_GETFD`` per descriptor, and a full read only of new ones and of
-    those whose flag changed, at every table size.  A descriptor closed and
-    reopened at the same number with the same flag between the two calls
-    keeps its old identity: for cheap repeated checks only (noinherit.h).
+    New numbers are read in full.  With ``flags`` each carried descriptor's
+    close-on-exec flag is read too (one ``F_GETFD`` each) and one whose flag
+    changed is read in full; without it nothing is read per descriptor when
+    the open numbers are previous's (on Linux: one ``stat`` for the count and
+    one ``select`` over previous's numbers).  ``previous`` itself is returned
+    when the table is unchanged.  A descriptor closed and reopened at the same
+    number between the two calls keeps its old entry (with another flag too,
+    unless ``flags``): for cheap repeated checks only (noinherit_delta.h).
+    Platforms without the incremental read read everything.
     """
-    prev = ffi.from_buffer("nic_entry[]", previous)
     nprev = len(previous) // ENTRY_WORDS
-    return _read(lambda buf, cap: lib.nic_snapshot_since(buf, cap, prev, nprev))
+    prev = ffi.from_buffer("nic_entry[]", previous)
+    same = ffi.new("int *")
+    options = _DELTA_FLAGS if flags else 0
+    cap = nprev + 64
+    buf = _new_uncleared("nic_entry[]", cap)
+    n = _delta(buf, cap, prev, nprev, options, same)
+    if n < 0:
+        _raise_errno()
+    if same[0]:
+        return previous
+    if n > cap:  # the table grew
+        buf, n = _fill(
+            "nic_entry[]", n + n // 2, lambda b, c: _delta(b, c, prev, nprev, options, same)
+        )
+    _sizing.last_count = n
+    table: array.array[int] = array.array("Q")
+    table.frombytes(ffi.buffer(buf, n * _ENTRY_BYTES))
+    return table
+
+
+if hasattr(lib, "nic_snapshot_delta"):  # every POSIX build (noinherit_delta.h)
+    _delta = lib.nic_snapshot_delta
+    _DELTA_FLAGS: int = lib.NIC_DELTA_FLAGS
+else:  # Windows: the handle view has no incremental read
+
+    def _delta(out: Any, cap: int, prev: Any, nprev: int, options: int, same: Any) -> int:
+        return lib.nic_snapshot_since(out, cap, prev, nprev)
+
+    _DELTA_FLAGS = 1
 
 
 def _fill(ctype: str, cap: int, call: Callable[[Any, int], int]) -> tuple[Any, int]:
@@ -230,6 +263,22 @@ def platform() -> str:
     return name.decode("ascii")
 
 
+def add_audit_hook(module: str, attribute: str, events: Iterable[str]) -> bool:
+    """Filter audit events in C: call ``module.attribute(event, args)`` for ``events`` only.
+
+    One C audit hook (PEP 578) for the process; a second call replaces the
+    callable and the names.  False where the core has none (Windows, PyPy)
+    or it could not be added: the caller then adds a Python hook
+    (``_native/noinherit_audit.h``).
+    """
+    add = getattr(lib, "nic_audit_add_hook", None)  # POSIX builds only
+    if add is None:
+        return False
+    names = [ffi.new("char[]", event.encode("ascii")) for event in events]
+    result: int = add(module.encode(), attribute.encode(), ffi.new("char *[]", names), len(names))
+    return result == 0
+
+
 # -- Windows: the handle table (_native/noinherit_windows.h) --------------------
 #
 # Handles are pointer-sized values, passed to C as uint64_t.  These functions
@@ -269,3 +318,27 @@ if sys.platform == "win32":
         """Resume a thread created suspended (``ResumeThread``)."""
         if lib.nic_win_resume_thread(thread) < 0:
             _raise_errno()
+
+
+if sys.platform.startswith("linux") and hasattr(lib, "nik_kernel_install"):
+    # The kernel exec observer's in-process half (noinherit_kernel.h); kernel.py
+    # is its only user.
+
+    def kernel_available() -> None:
+        """Nothing if seccomp user notification exists; else OSError saying why."""
+        if lib.nik_kernel_available() < 0:
+            _raise_errno()
+
+    def kernel_install(no_new_privs: bool) -> int:
+        """Install the exec filter on every thread (no_new_privs first if asked); the listener."""
+        fd = lib.nik_kernel_install(1 if no_new_privs else 0)
+        if fd < 0:
+            _raise_errno()
+        return fd
+
+    def kernel_serve(listener: int, stop_fd: int, shared_fd: int) -> int:
+        """Answer every notification with CONTINUE until stop_fd is readable; how many.
+
+        cffi releases the GIL for the call, so no exec waits for Python.
+        """
+        return lib.nik_kernel_serve(_c_int(listener), _c_int(stop_fd), _c_int(shared_fd))

@@ -83,8 +83,14 @@ def snapshot(method: str = "auto") -> array[int]:
     return out
 
 
-def snapshot_since(previous: array[int]) -> array[int]:
-    """snapshot(), reusing previous's identity where a descriptor's flag is unchanged."""
+def snapshot_since(previous: array[int], flags: bool = True) -> array[int]:
+    """snapshot(), carrying over previous's entries whose number is still open.
+
+    With ``flags`` an entry is carried only when the descriptor's flag is
+    unchanged (it is read afresh otherwise); without, whatever the flag.
+    previous itself is returned when the table is unchanged, as the native
+    backend does.
+    """
     prev = {previous[i]: i for i in range(0, len(previous), 5)}
     out: array[int] = array("Q")
     fds = _listed_fds()
@@ -94,14 +100,16 @@ def snapshot_since(previous: array[int]) -> array[int]:
             _entry(out, fd)
             continue
         try:
+            # Open?  The listing's own descriptor is closed by now, and it
+            # may have had the number of one of previous's.
             flag = fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
         except OSError:
             continue
-        if flag == previous[i + 1]:
+        if not flags or flag == previous[i + 1]:
             out.extend(previous[i : i + 5])
         else:
             _entry(out, fd)
-    return out
+    return previous if out == previous else out
 
 
 def _check_fd(fd: int) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -185,7 +186,15 @@ def kept_on_purpose(at_fork: FdTable | None, now: FdTable) -> set[int]:
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
-_STDLIB = tuple({os.path.join(sysconfig.get_paths()[k], "") for k in ("stdlib", "platstdlib")})
+
+
+@functools.cache
+def _stdlib() -> tuple[str, ...]:
+    """The stdlib folders; sysconfig.get_paths() costs more than the rest of
+    this module's import, so it waits for the first call site."""
+    return tuple({os.path.join(sysconfig.get_paths()[k], "") for k in ("stdlib", "platstdlib")})
+
+
 # site-packages may lie inside the stdlib folder; what is installed there is not stdlib.
 _INSTALLED = re.compile(r"[/\\](site|dist)-packages[/\\]")
 _FRAMES = 40  # a spawn is rarely deeper than this below the code that asked for it
@@ -222,7 +231,7 @@ def call_site(
             api = f"{name[8:-1]}.{_function(frame)}"
         elif _INSTALLED.search(name):
             library = library or (name, frame.f_lineno, frame.f_code.co_name, api)
-        elif name.startswith(_STDLIB):
+        elif name.startswith(_stdlib()):
             module = os.path.splitext(os.path.relpath(name, _stdlib_root(name)))[0]
             api = f"{module.replace(os.sep, '.')}.{_function(frame)}"
         else:
@@ -267,7 +276,7 @@ def _function(frame: Any) -> str:
 
 
 def _stdlib_root(name: str) -> str:
-    return next(root for root in _STDLIB if name.startswith(root))
+    return next(root for root in _stdlib() if name.startswith(root))
 
 
 def _shown_path(name: str, root: str | None) -> str:

@@ -1,8 +1,10 @@
 """``python -m pytest_noinherit run -- COMMAND ...``: any command under the exec probe.
 
-Runs the command with the probe preloaded and reports, in the plugin's
-layout, every descriptor beyond stdio that reached one of the processes it
-exec'd (the command, its children, their children) and where it came from.
+Runs the command with the probe preloaded (or, with ``--kernel``, under the
+kernel exec observer, which also sees static programs and scrubbed
+environments: kernel.py) and reports, in the plugin's layout, every
+descriptor beyond stdio that reached one of the processes it exec'd (the
+command, its children, their children) and where it came from.
 
 The descriptors ``run`` itself inherited are its baseline, as pytest's are
 the plugin's: whoever started ``run`` handed them over, so they are declared
@@ -31,7 +33,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from pytest_noinherit import fdtable, probe, recorddir
+from pytest_noinherit import fdtable, kernel, probe, recorddir
 from pytest_noinherit.fdtable import FdEntry
 from pytest_noinherit.findings import describe_fd, number
 
@@ -247,8 +249,14 @@ def run(
     as_json: bool = False,
     fail_on_leak: int | None = None,
     verbose: bool = False,
+    use_kernel: bool = False,
 ) -> int:
-    """Run command under the probe, report on standard error; the exit status to use."""
+    """Run command under the probe (or the kernel observer), report on standard error.
+
+    Returns the exit status to use.  ``use_kernel`` was asked for by name:
+    where the observer cannot run, nothing is run (no silent fallback to a
+    probe that cannot see static programs).
+    """
     try:
         # First: what run inherited, before anything here opens a descriptor.
         table = fdtable.snapshot()
@@ -256,22 +264,31 @@ def run(
         print(f"noinherit run: {exc}", file=sys.stderr)
         return NO_PROBE_STATUS
     baseline = [e for e in table if e.inheritable and e.fd >= _STDIO]
-    if probe.library() is None:
+    if not use_kernel and probe.library() is None:
         print("noinherit run: the exec probe is not built for this system", file=sys.stderr)
         return NO_PROBE_STATUS
     try:
-        record_dir = recorddir.create()
+        records = recorddir.RecordDirectory.create()
     except OSError as exc:
         print(f"noinherit run: no private record directory: {exc}", file=sys.stderr)
         return NO_PROBE_STATUS
+    record_dir = records.path
+    problems: list[str] = []  # the kernel observer's
     env = probe.ProbeEnvironment(record_dir)
+    observer = kernel.KernelSession(records, problems, every_exec=True)
     try:
-        problem = env.self_test()
+        if use_kernel:
+            problem = observer.start(explicit=True)
+            what = "the kernel exec observer cannot run"
+        else:
+            problem = env.self_test()
+            what = "the exec probe does not work"
         if problem:
-            print(f"noinherit run: the exec probe does not work: {problem}", file=sys.stderr)
+            print(f"noinherit run: {what}: {problem}", file=sys.stderr)
             return NO_PROBE_STATUS
-        _write_header(sys.stderr, baseline)
-        env.start()
+        _write_header(sys.stderr, baseline, "kernel" if use_kernel else "on")
+        if not use_kernel:
+            env.start()
         try:
             returncode = _call(command)
         except OSError as exc:
@@ -280,10 +297,12 @@ def run(
             return 126 if isinstance(exc, PermissionError) else 127
         finally:
             env.stop()
-        found = [*probe.read_records(record_dir), *recorddir.sweep(record_dir, keep=())]
+            observer.stop()
+        found = [*probe.read_records(records), *recorddir.sweep(records, keep=())]
     finally:
-        recorddir.remove(record_dir)
+        records.remove()
     outcome = _outcome(command, returncode, baseline, found, fail_on_leak)
+    outcome.problems += problems
     try:
         write_summary(sys.stderr, outcome, verbose)
         if as_json:
@@ -331,12 +350,12 @@ def _baseline_text(baseline: Sequence[FdEntry]) -> str:
     return ", ".join(f"{number(e.fd)} ({e.kind})" for e in baseline)
 
 
-def _write_header(out: TextIO, baseline: Sequence[FdEntry]) -> None:
+def _write_header(out: TextIO, baseline: Sequence[FdEntry], probe_status: str = "on") -> None:
     """The plugin's report header, before the command's own output."""
     base = ", ".join(number(e.fd) for e in baseline) or "none"
     print(
         f"noinherit run: backend {fdtable.backend()} ({fdtable.backend_reason()}),"
-        f" probe on, baseline {fdtable.UNIT}s: {base}",
+        f" probe {probe_status}, baseline {fdtable.UNIT}s: {base}",
         file=out,
         flush=True,
     )
@@ -445,7 +464,7 @@ def _status(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: ``run [--fail-on-leak[=STATUS]] [-v] [--json] -- COMMAND ARGS...``."""
+    """The command line: ``run [--fail-on-leak[=STATUS]] [-v] [--json] [--kernel] -- CMD...``."""
     parser = argparse.ArgumentParser(
         prog="python -m pytest_noinherit",
         description="Show which descriptors every process of a command received.",
@@ -472,9 +491,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     runp.add_argument(
         "--json", action="store_true", help="also print the statuses and records as JSON on stdout"
     )
+    runp.add_argument(
+        "--kernel",
+        action="store_true",
+        help="observe every exec with the kernel exec observer (seccomp, Linux) instead of"
+        " the LD_PRELOAD probe: static programs and scrubbed environments included",
+    )
     runp.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         parser.error("run needs a command: run -- COMMAND ARGS...")
-    return run(command, as_json=args.json, fail_on_leak=args.fail_on_leak, verbose=args.verbose)
+    return run(
+        command,
+        as_json=args.json,
+        fail_on_leak=args.fail_on_leak,
+        verbose=args.verbose,
+        use_kernel=args.kernel,
+    )

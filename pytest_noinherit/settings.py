@@ -7,8 +7,8 @@ PYTEST_DONT_REWRITE (see plugin.py)
 
 from __future__ import annotations
 
-import dataclasses
 import os
+from typing import NamedTuple
 
 import pytest
 
@@ -18,7 +18,10 @@ from pytest_noinherit.allowances import Allowance, parse_ini_allowance
 STRICT_HELP = "also fail tests that leave inheritable descriptors open after they end (the CI flag)"
 REPORT_HELP = "write every finding as JSON to this path"
 ALLOW_HELP = "project-wide allowances, one per line: a descriptor number, kind=KIND or path=GLOB"
-PROBE_HELP = "exec probe: on, off or auto (auto = on in strict mode only)"
+PROBE_HELP = (
+    "exec probe: on (LD_PRELOAD), kernel (seccomp exec observer, Linux), off, or auto"
+    " (auto = in strict mode only: kernel where it needs no no_new_privs, else on)"
+)
 PATCH_HELP = "patch the stdlib descriptor creators to PEP 446 semantics for the session"
 LEAKS_HELP = (
     "also warn (DescriptorLeakWarning) about every descriptor a test or a fixture leaves open,"
@@ -33,12 +36,15 @@ KNOWN_HELP = (
     " listed ones no longer seen are reported as fixed"
 )
 KNOWN_UPDATE_HELP = "rewrite the known-findings file with this run's findings"
-PROBE_MODES = ("on", "off", "auto")
+PROBE_MODES = ("on", "kernel", "off", "auto")
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """Everything the plugin was told, checked once at configure time."""
+class Settings(NamedTuple):
+    """Everything the plugin was told, checked once at configure time.
+
+    Frozen; a NamedTuple rather than a frozen dataclass, which costs five
+    times as much to define, in every run's start-up.
+    """
 
     strict: bool
     report_path: str | None

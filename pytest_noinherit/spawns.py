@@ -86,7 +86,7 @@ class SpawnTracker:
         self.owner_pid = os.getpid()
         self._pending: list[Spawn] = []
         self._lock = threading.Lock()
-        self._local = threading.local()
+        self._local = _Busy()
         self._fork_table: FdTable | None = None
         self._forked = False
         self._restore: list[tuple[object, str, object]] = []
@@ -243,11 +243,24 @@ class SpawnTracker:
 
     # -- wrappers ---------------------------------------------------------------
 
+    def _enter(self) -> bool:
+        """Whether this tracker inspects the spawn call starting now: it is the
+        innermost session's, and this is the outermost spawn call of the thread
+        (subprocess may call posix_spawn).  True marks the thread busy until
+        the caller's ``finally`` clears it; False changes nothing.
+
+        Every spawn of the session passes here, most with nothing to check
+        (close_fds=True): plain code, not a ``@contextmanager``, keeps that cheap.
+        """
+        stack = _audit.stack
+        if self._local.busy or not stack or stack[-1] is not self:
+            return False
+        self._local.busy = True
+        return True
+
     @contextlib.contextmanager
     def _spawning(self) -> Iterator[bool]:
-        """True when this tracker should inspect the spawn: it is the innermost
-        session's, and this is the outermost spawn call of the thread
-        (subprocess may call posix_spawn)."""
+        """The test of _enter() as a context manager (the Windows tracker's wrappers)."""
         busy = getattr(self._local, "busy", False)
         self._local.busy = True
         try:
@@ -263,14 +276,16 @@ class SpawnTracker:
         i_preexec = params.index("preexec_fn")
 
         def _execute_child(popen: Any, *args: Any, **kwargs: Any) -> Any:
-            full = [popen, *args]
-            close_fds = full[i_close] if len(full) > i_close else kwargs.get("close_fds", True)
-            pass_fds = full[i_pass] if len(full) > i_pass else kwargs.get("pass_fds", ())
-            preexec = full[i_preexec] if len(full) > i_preexec else kwargs.get("preexec_fn")
-            with self._spawning() as outer:
-                if not outer:
+            if not self._enter():
+                return original(popen, *args, **kwargs)
+            try:
+                full = [popen, *args]
+                close_fds = full[i_close] if len(full) > i_close else kwargs.get("close_fds", True)
+                if close_fds and not self.probe_on:
+                    # Stdio and pass_fds only reach the child: nothing to check.
                     return original(popen, *args, **kwargs)
-                # close_fds=True hands the child stdio and pass_fds only: nothing to check.
+                pass_fds = full[i_pass] if len(full) > i_pass else kwargs.get("pass_fds", ())
+                preexec = full[i_preexec] if len(full) > i_preexec else kwargs.get("preexec_fn")
                 table = None if close_fds else fdtable.snapshot()
                 argv = popen.args if not isinstance(popen.args, (str, bytes)) else [popen.args]
                 if table is not None and preexec is not None:
@@ -289,6 +304,8 @@ class SpawnTracker:
                             self._failed_execs.add(popen.pid)
                         raise
                 result = original(popen, *args, **kwargs)
+            finally:
+                self._local.busy = False
             if table is not None:
                 after = fdtable.snapshot()
                 self._record_child(
@@ -304,9 +321,13 @@ class SpawnTracker:
         route = f"os.{original.__name__}"
 
         def posix_spawn(path: Any, argv: Any, env: Any, *args: Any, **kwargs: Any) -> Any:
-            with self._spawning() as outer:
-                table = fdtable.snapshot() if outer else None
+            if not self._enter():
+                return original(path, argv, env, *args, **kwargs)
+            try:
+                table = fdtable.snapshot()
                 pid = original(path, argv, env, *args, **kwargs)
+            finally:
+                self._local.busy = False
             if table is not None:
                 actions = kwargs.get("file_actions") or ()
                 self._record_child(
@@ -324,10 +345,14 @@ class SpawnTracker:
 
     def _wrap_fork_exec(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def fork_exec(*args: Any, **kwargs: Any) -> Any:
-            close_fds, keep = (bool(args[2]), args[3]) if len(args) > 3 else (True, ())
-            with self._spawning() as outer:
-                table = fdtable.snapshot() if outer and not close_fds else None
+            if not self._enter():
+                return original(*args, **kwargs)
+            try:
+                close_fds, keep = (bool(args[2]), args[3]) if len(args) > 3 else (True, ())
+                table = None if close_fds else fdtable.snapshot()
                 pid = original(*args, **kwargs)
+            finally:
+                self._local.busy = False
             if table is not None:
                 self._record_child(
                     "_posixsubprocess.fork_exec",
@@ -338,7 +363,7 @@ class SpawnTracker:
                     "close_fds=False",
                     fdtable.snapshot(),
                 )
-            elif outer and self.probe_on:
+            elif self.probe_on:
                 self._record_child("_posixsubprocess.fork_exec", pid, args[0] or (), (), keep, "")
             return pid
 
@@ -486,15 +511,24 @@ class _Builtinlike:
 AUDIT_EVENTS = frozenset({"os.system", "os.fork", "os.forkpty", "os.exec", "os.spawn"})
 
 
+class _Busy(threading.local):
+    """Per thread: inside a wrapped spawn call (see SpawnTracker._enter)."""
+
+    busy = False
+
+
 class _AuditDispatch:
     """The one audit hook of this process.
 
     Audit hooks cannot be removed (PEP 578), so a single hook is added the
     first time a tracker activates and does nothing while none is active.
     Sessions nest (pytester's in-process runs): the innermost tracker acts.
-    The hook is a plain function, not this object: CPython calls it for every
-    audit event of the process (imports, opens, compiles...), and a function
-    call with one set lookup is the cheapest Python can do.
+    CPython calls a hook for every audit event of the process (imports,
+    opens, compiles...: about ten per trivial test), so on the native
+    backend the filter is C (``_native/core_audit.c``) and calls the Python
+    hook for AUDIT_EVENTS only; elsewhere the hook is a plain function, not
+    this object, since a function call with one set lookup is the cheapest
+    Python can do.
     """
 
     def __init__(self) -> None:
@@ -508,7 +542,8 @@ class _AuditDispatch:
     def activate(self, tracker: SpawnTracker) -> None:
         self.stack.append(tracker)
         if not self.added:
-            sys.addaudithook(_hook_for(self.stack))
+            if not _c_filter():
+                sys.addaudithook(_audit_hook)
             self.added = True
 
     def deactivate(self, tracker: SpawnTracker) -> None:
@@ -534,4 +569,23 @@ def _hook_for(stack: list[SpawnTracker]) -> Callable[[str, tuple[Any, ...]], Non
     return noinherit_audit_hook
 
 
+def _c_filter() -> bool:
+    """Put the native core's C filter in front of ``_audit_hook``, where there is one.
+
+    The pure backend keeps the Python hook, as does Windows (native.add_audit_hook).
+    """
+    if sys.platform == "win32":
+        return False
+    try:
+        if fdtable.backend() != "native":
+            return False
+    except fdtable.BackendError:
+        return False
+    from pytest_noinherit import native
+
+    return native.add_audit_hook(__name__, "_audit_hook", AUDIT_EVENTS)
+
+
 _audit = _AuditDispatch()
+#: The hook; the C filter finds it by this name.
+_audit_hook = _hook_for(_audit.stack)

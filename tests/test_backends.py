@@ -337,6 +337,38 @@ def test_snapshot_since_reuses_only_unchanged_entries(impl: ModuleType) -> None:
             os.close(fd)
 
 
+@pytest.mark.parametrize("flags", [False, True], ids=["numbers", "flags"])
+def test_snapshot_since_follows_numbers_and_flags_if_asked(impl: ModuleType, flags: bool) -> None:
+    """New and closed numbers always show; a flip alone only with flags; unchanged is previous."""
+    with zoo() as fds:
+        before = impl.snapshot()
+        assert impl.snapshot_since(before, flags) is before
+        fd = os.open(os.devnull, os.O_RDONLY)
+        try:
+            after = impl.snapshot_since(before, flags)
+            assert rows_of(after) == reference_rows()
+            os.set_inheritable(fd, True)
+            os.set_inheritable(fds["opath"], True)  # poll() cannot see this one
+            flipped = impl.snapshot_since(after, flags)
+            if flags:
+                assert rows_of(flipped) == reference_rows()
+            else:
+                assert flipped is after  # carried over, flag and all
+        finally:
+            os.close(fd)
+        closed = impl.snapshot_since(after, flags)
+        assert [row[0] for row in rows_of(closed)] == [row[0] for row in reference_rows()]
+        assert fd not in fdtable.FdTable(closed)
+
+
+def test_public_snapshot_since_keeps_the_table_object() -> None:
+    """fdtable.snapshot_since returns the previous FdTable itself when nothing changed."""
+    table = fdtable.snapshot()
+    assert fdtable.snapshot_since(table, flags=False) is table
+    assert fdtable.snapshot_since(table) is table
+    assert table == fdtable.FdTable(table._words)
+
+
 def rows_of(words: object) -> list[tuple[int, ...]]:
     """Rows of a raw five-word table."""
     w = list(words)  # type: ignore[call-overload]

@@ -535,15 +535,19 @@ def _strace() -> str:
     return path
 
 
+TRACED = "poll,getdents64,pselect6,select,fcntl,openat,close,newfstatat,stat,statx"
+
+
 def traced(tmp_path: Path, code: str) -> tuple[object, list[tuple[str, int]]]:
-    """Run code in a child under strace: its JSON output, and each poll (with its
-    nfds) and getdents64 (0) it made, in order."""
+    """Run code in a child under strace: its JSON output, and the calls it made
+    that a snapshot makes, in order: ("poll", nfds), ("select", nfds),
+    ("getdents64", 0), ("fcntl", fd), and (name, 0) for the others."""
     trace = tmp_path / "trace"
     env = dict(os.environ, PYTHONPATH=PACKAGE_ROOT)
     proc = subprocess.run(
         [
             _strace(),
-            *("-qq", "-e", "trace=poll,getdents64", "-e", "signal=none", "-o", str(trace)),
+            *("-qq", "-e", f"trace={TRACED}", "-e", "signal=none", "-o", str(trace)),
             *(sys.executable, "-c", textwrap.dedent(code)),
         ],
         env=env,
@@ -554,16 +558,26 @@ def traced(tmp_path: Path, code: str) -> tuple[object, list[tuple[str, int]]]:
     assert proc.returncode == 0, proc.stderr
     calls = []
     for line in trace.read_text().splitlines():
-        if line.startswith("getdents64("):
-            calls.append(("getdents64", 0))
-        elif found := re.match(r"poll\(.*\], (\d+), 0\)", line):
+        if found := re.match(r"poll\(.*\], (\d+), 0\)", line):
             calls.append(("poll", int(found[1])))
+        elif found := re.match(r"p?select6?\((\d+),", line):
+            calls.append(("select", int(found[1])))
+        elif found := re.match(r"fcntl\((\d+), F_GETFD\)", line):
+            calls.append(("fcntl", int(found[1])))
+        elif found := re.match(r"(\w+)\(", line):
+            calls.append((found[1], 0))
     return json.loads(proc.stdout), calls
 
 
 def after_marker(calls: list[tuple[str, int]]) -> list[tuple[str, int]]:
     """The calls after the child's marker, a poll() of no descriptor at all."""
     return calls[calls.index(("poll", 0)) + 1 :]
+
+
+def between_markers(calls: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """The calls between the child's first two markers."""
+    later = after_marker(calls)
+    return later[: later.index(("poll", 0))]
 
 
 MARKER = "select.poll().poll(0)  # a marker in the trace: poll() of 0 slots\n"
@@ -587,16 +601,24 @@ native.snapshot()
         + """
 table = native.snapshot()
 since = native.snapshot_since(table)
-print(json.dumps([high, entries(table) == fresh(), entries(since) == entries(table)]))
+numbers = native.snapshot_since(table, False)
+os.close(os.open(os.devnull, os.O_RDONLY))
+new = native.snapshot_since(table, False)
+"""
+        + MARKER
+        + """
+print(json.dumps([high, entries(table) == fresh(), entries(since) == entries(table),
+                  numbers is table, entries(new) == entries(table)]))
 """,
     )
     assert isinstance(result, list)
     high, *exact = result
-    assert exact == [True, True]
+    assert exact == [True, True, True, True]
     assert max(n for name, n in calls if name == "poll") > high  # it was polled for
-    later = after_marker(calls)
-    assert later[:2] == [("poll", later[0][1])] * 2, later  # no listing
-    assert later[0][1] <= 256, later
+    later = between_markers(calls)
+    assert "getdents64" not in [name for name, _ in later], later  # no listing
+    assert later[:2] == [("newfstatat", 0), ("poll", later[1][1])], later  # count, poll
+    assert max(n for name, n in later if name in ("poll", "select")) <= 256, later
 
 
 VALGRIND_LIKE = """
@@ -620,6 +642,10 @@ def test_descriptor_above_soft_limit_keeps_the_fast_path(tmp_path: Path) -> None
         + """
 table = native.snapshot()
 since = native.snapshot_since(table)
+numbers = native.snapshot_since(table, False)
+"""
+        + MARKER
+        + """
 truth = brute(hard)
 os.set_inheritable(high, False)
 flipped = native.snapshot_since(since)
@@ -627,15 +653,21 @@ print(json.dumps([
     entries(first) == truth,
     entries(table) == truth,
     entries(since) == truth,
+    numbers is table,
     entries(flipped) == brute(hard),
     entries(flipped)[-1][:2] == [high, 1],
 ]))
 """,
     )
-    assert result == [True, True, True, True, True]
-    later = after_marker(calls)
-    assert [name for name, _ in later[:3]] == ["poll"] * 3, later
-    assert max(n for _, n in later[:3]) <= 1024, later
+    assert result == [True, True, True, True, True, True]
+    later = between_markers(calls)
+    names = [name for name, _ in later]
+    assert "getdents64" not in names, later
+    assert names[:2] == ["newfstatat", "poll"], later
+    assert later[1][1] <= 1024, later
+    # The unchanged check: the count, one select() that reaches past the
+    # soft limit (select has no soft-limit check), one F_GETFD.
+    assert later[-3:] == [("newfstatat", 0), ("select", 3001), ("fcntl", 3000)], later
 
 
 def test_descriptor_above_soft_limit_is_seen_without_the_listing() -> None:
@@ -661,3 +693,231 @@ print(json.dumps([table[-1][0] == high, since == table, table == truth,
 """
     )
     assert result == [True, True, True, True]
+
+
+# -- the per-test check: nic_snapshot_delta ----------------------------------------
+
+DELTA_HELPERS = (
+    SINCE_HELPERS
+    + """
+from pytest_noinherit import pure
+
+def truth():
+    out = []
+    for fd in sorted(int(n) for n in os.listdir("/proc/self/fd")):
+        try:
+            out.append(describe(fd))
+        except OSError:  # the listing's own descriptor
+            pass
+    return out
+
+def expected(prev, flags):
+    '''The contract: prev's entry for a number still open (with flags: and
+    with the same flag), the descriptor as it is otherwise.'''
+    old = {e[0]: e for e in entries(prev)}
+    want = []
+    for e in truth():
+        o = old.get(e[0])
+        want.append(o if o is not None and (not flags or o[1] == e[1]) else e)
+    return want
+
+failures = []
+
+def compare(label, prev):
+    for flags in (False, True):
+        got = entries(native.snapshot_since(prev, flags))
+        ref = entries(pure.snapshot_since(prev, flags))
+        want = expected(prev, flags)
+        if not got == ref == want:
+            failures.append([label, flags, [e for e in got if e not in want][:3],
+                             [e for e in want if e not in got][:3]])
+
+def step(label, change):
+    prev = native.snapshot()
+    change()
+    compare(label, prev)
+"""
+)
+
+DELTA_SCENARIO = """
+raise_soft(16384)
+base = os.open(os.devnull, os.O_RDONLY)
+other = os.open("/proc/self/exe", os.O_RDONLY)
+held = [os.dup(base) for _ in range(COUNT)]
+if SPARSE:  # holes everywhere: the unchanged check is a select()
+    for fd in held[::3]:
+        os.close(fd)
+    held = [fd for i, fd in enumerate(held) if i % 3]
+kept = []
+
+def nothing():
+    prev = native.snapshot()
+    for flags in (False, True):
+        for impl in (native, pure):
+            if impl.snapshot_since(prev, flags) is not prev:
+                failures.append(["not the same table", impl.__name__, flags])
+    compare("nothing", prev)
+
+def reopen(fd, **inheritable):
+    os.close(fd)
+    os.dup2(other, fd, **inheritable)
+
+nothing()
+step("new", lambda: kept.append(os.open(os.devnull, os.O_RDONLY)))
+step("closed", lambda: os.close(held.pop(len(held) // 2)))
+step("reopened, another file, same flag", lambda: reopen(held[-2], inheritable=False))
+step("reopened, another file, other flag", lambda: reopen(held[-3]))
+step("flag flipped", lambda: os.set_inheritable(held[1], True))
+step("dup2 over an open descriptor", lambda: os.dup2(other, held[2]))
+step("one closed, one far above",
+     lambda: (os.close(held.pop(3)), kept.append(os.dup2(base, 12000))))
+step("the one far above closed", lambda: os.close(kept.pop()))
+step("a hole taken, one closed", lambda: (kept.append(os.open(os.devnull, os.O_RDONLY)),
+                                          os.close(held.pop(4))))
+step("O_PATH", lambda: kept.append(os.open("/proc/self/exe", os.O_PATH)))
+step("O_PATH closed", lambda: os.close(kept.pop()))
+nothing()
+print(json.dumps(failures))
+"""
+
+
+@pytest.mark.parametrize(
+    ("count", "sparse"),
+    [
+        pytest.param(8, False, id="small"),
+        pytest.param(5000, False, id="5000-in-a-row"),
+        pytest.param(5000, True, id="5000-with-holes"),
+    ],
+)
+def test_delta_agrees_with_the_pure_backend(count: int, sparse: bool) -> None:
+    """snapshot_since with and without flags: native = pure = the contract, after every change."""
+    code = DELTA_SCENARIO.replace("COUNT", str(count)).replace("SPARSE", str(sparse))
+    assert run_child(DELTA_HELPERS + code) == []
+
+
+def test_delta_after_fork() -> None:
+    """In a fork child, a table taken before the fork is compared with the child's own."""
+    result = run_child(
+        DELTA_HELPERS
+        + """
+base = os.open(os.devnull, os.O_RDONLY)
+high = os.dup2(base, 1000)
+prev = native.snapshot()
+os.close(high)                       # the highest one: past the child's table size
+kept = os.open(os.devnull, os.O_RDONLY)  # and the count is the same again
+dense = native.snapshot()
+r, w = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.close(r)
+    compare("closed before the fork", prev)
+    compare("unchanged since the parent's", dense)
+    os.close(kept)
+    compare("closed in the child", dense)
+    os.write(w, json.dumps(failures).encode())
+    os._exit(0)
+os.close(w)
+child = json.loads(os.read(r, 100000) or b"null")
+os.waitpid(pid, 0)
+print(json.dumps(child))
+"""
+    )
+    assert result == []
+
+
+UNCHANGED_CHECK = """
+import select
+raise_soft(16384)
+base = os.open(os.devnull, os.O_RDONLY)
+held = [os.dup(base) for _ in range(COUNT)]
+if SPARSE:
+    for fd in held[::2]:
+        os.close(fd)
+table = native.snapshot()
+native.snapshot_since(table, False)
+"""
+
+
+@pytest.mark.parametrize(
+    ("count", "sparse", "calls"),
+    [
+        pytest.param(8, False, ["newfstatat", "select", "fcntl"], id="small"),
+        pytest.param(5000, False, ["newfstatat", "openat", "close"], id="5000-in-a-row"),
+        pytest.param(5000, True, ["newfstatat", "select", "fcntl"], id="5000-with-holes"),
+    ],
+)
+def test_unchanged_table_costs_three_system_calls(
+    tmp_path: Path, count: int, sparse: bool, calls: list[str]
+) -> None:
+    """Nothing changed, no flags: the count and one check, whatever the table's size."""
+    code = UNCHANGED_CHECK.replace("COUNT", str(count)).replace("SPARSE", str(sparse))
+    result, traced_calls = traced(
+        tmp_path,
+        SINCE_HELPERS
+        + code
+        + MARKER
+        + """
+same = [native.snapshot_since(table, False) is table for _ in range(3)]
+"""
+        + MARKER
+        + "print(json.dumps(same))\n",
+    )
+    assert result == [True, True, True]
+    assert [name for name, _ in between_markers(traced_calls)] == calls * 3
+
+
+def test_unchanged_table_with_flags_reads_each_flag_once(tmp_path: Path) -> None:
+    """Nothing changed, flags wanted (strict mode): the count and one F_GETFD per descriptor."""
+    code = UNCHANGED_CHECK.replace("COUNT", "5000").replace("SPARSE", "False")
+    result, traced_calls = traced(
+        tmp_path,
+        SINCE_HELPERS
+        + code
+        + MARKER
+        + "same = native.snapshot_since(table) is table\n"
+        + MARKER
+        + "print(json.dumps([same, len(table) // 5]))\n",
+    )
+    assert isinstance(result, list)
+    same, n = result
+    assert same is True
+    later = between_markers(traced_calls)
+    assert later[0] == ("newfstatat", 0)
+    assert [name for name, _ in later[1:]] == ["fcntl"] * n
+
+
+def test_number_reserved_by_a_blocked_accept(tmp_path: Path) -> None:
+    """A thread blocked in accept() holds a number the count includes: no listing, still exact."""
+    result, calls = traced(
+        tmp_path,
+        DELTA_HELPERS
+        + """
+import select, socket, threading, time
+server = socket.create_server(("127.0.0.1", 0))
+accepted = []
+thread = threading.Thread(target=lambda: accepted.append(server.accept()[0]), daemon=True)
+thread.start()
+while os.stat("/proc/self/fd").st_size == len(truth()):  # until it waits in accept()
+    time.sleep(0.01)
+first = native.snapshot()                 # learns the reserved number
+"""
+        + MARKER
+        + """
+table = native.snapshot()
+same = native.snapshot_since(table, False) is table
+same_flags = native.snapshot_since(table) is table
+"""
+        + MARKER
+        + """
+exact = entries(first) == entries(table) == truth()
+client = socket.create_connection(server.getsockname())
+thread.join()
+compare("the connection accepted", table)
+print(json.dumps([exact, same, same_flags,
+                  accepted[0].fileno() in [e[0] for e in entries(native.snapshot())], failures]))
+""",
+    )
+    assert result == [True, True, True, True, []]
+    later = between_markers(calls)
+    assert "getdents64" not in [name for name, _ in later], later
+    assert len(later) <= 2 * len([name for name, _ in later if name == "newfstatat"]) + 30, later

@@ -66,7 +66,7 @@ def test_bad_probe_option_is_a_usage_error(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("-p", "noinherit", "--noinherit-probe=maybe")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(
-        ["ERROR: --noinherit-probe: 'maybe' is not a probe mode; use one of on, off, auto"]
+        ["ERROR: --noinherit-probe: 'maybe' is not a probe mode; use one of on, kernel, off, auto"]
     )
     result.stdout.no_fnmatch_line("*INTERNALERROR*")
 
@@ -76,7 +76,8 @@ def test_bad_probe_option_is_a_usage_error(pytester: pytest.Pytester) -> None:
     [
         (
             "noinherit_probe = maybe",
-            "ERROR: ini noinherit_probe: 'maybe' is not a probe mode; use one of on, off, auto",
+            "ERROR: ini noinherit_probe: 'maybe' is not a probe mode;"
+            " use one of on, kernel, off, auto",
         ),
         (
             "noinherit_allow = kind=nonsense",

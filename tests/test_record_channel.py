@@ -52,7 +52,7 @@ def test_odd_record_name_is_one_problem_not_an_error(pytester: pytest.Pytester) 
             assert False, "this failure is shown"
         """
     )
-    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict")
+    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict", "--noinherit-probe=on")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*AssertionError: this failure is shown*"])
     assert len(summary_lines(result.outlines, "1-\u00b2.rec")) == 1
@@ -73,7 +73,7 @@ def test_directories_with_record_names_are_reported_once(pytester: pytest.Pytest
             pass
         """
     )
-    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict")
+    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict", "--noinherit-probe=on")
     result.assert_outcomes(passed=31)
     assert len(summary_lines(result.outlines, "1-1.rec")) == 1
     assert len(summary_lines(result.outlines, "x.json")) == 1
@@ -95,7 +95,7 @@ def test_thousands_of_bad_records_are_summed_up(pytester: pytest.Pytester) -> No
             subprocess.run([sys.executable, "-c", code], check=True)
         """
     )
-    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict")
+    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict", "--noinherit-probe=on")
     result.assert_outcomes(passed=1)
     lines = summary_lines(result.outlines, "not a probe record")
     assert 1 <= len(lines) <= 2
@@ -355,7 +355,7 @@ def test_header_says_why_the_probe_is_refused(
     env_tmp.mkdir(mode=0o700)
     monkeypatch.setenv("TMPDIR", str(env_tmp))
     pytester.makepyfile("def test_x():\n    pass\n")
-    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict")
+    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict", "--noinherit-probe=on")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["noinherit: *probe unavailable: record directory*swapped*"])
 

@@ -141,7 +141,7 @@ def test_random_entries_are_each_reported_and_outcomes_kept(pytester: pytest.Pyt
             + (f"    assert False, 'own failure {t}'\n" if fails else "")
         )
     pytester.makepyfile("import subprocess, sys\n\n" + "\n".join(tests))
-    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict")
+    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict", "--noinherit-probe=on")
 
     result.assert_outcomes(passed=TESTS - failing, failed=failing)
     out = "\n".join(result.outlines)

@@ -380,7 +380,7 @@ def test_nested_session_is_judged_on_its_own(pytester: pytest.Pytester) -> None:
     """An in-process inner session without the probe never feeds the outer session's records."""
     pytester.makepyfile(test_outer=NESTED)
     result = pytester.runpytest_subprocess(
-        "-p", "noinherit", "-p", "pytester", "--noinherit-strict", "-rfE"
+        "-p", "noinherit", "-p", "pytester", "--noinherit-strict", "--noinherit-probe=on", "-rfE"
     )
     result.assert_outcomes(passed=2)
     result.stdout.no_fnmatch_line("VIOLATION *")
