@@ -89,11 +89,7 @@ class build_ext_with_probe(build_ext):
                 if os.path.exists(target):
                     os.unlink(target)
             cmd = [*compiler, *PROBE_FLAGS, *extra, "-o", targets[0], PROBE_SOURCE]
-            try:
-                subprocess.run(cmd, check=True, capture_output=True, text=True)
-            except (OSError, subprocess.CalledProcessError) as exc:
-                detail = getattr(exc, "stderr", None) or exc
-                self.warn(f"exec probe not built ({shlex.join(cmd)}): {detail}")
+            if not self._compile("exec probe", cmd):
                 continue
             for target in targets[1:]:
                 self.copy_file(targets[0], target)
@@ -107,13 +103,18 @@ class build_ext_with_probe(build_ext):
         if os.path.exists(target):  # never leave an observer from an earlier build
             os.unlink(target)
         cmd = [*compiler, *OBSERVER_FLAGS, "-o", target, OBSERVER_SOURCE]
+        if self._compile("kernel exec observer", cmd):
+            self._probe_outputs.append(target)
+
+    def _compile(self, what: str, cmd: list[str]) -> bool:
+        """Run one optional compile; a failure is a warning, never a failed install."""
         try:
             subprocess.run(cmd, check=True, capture_output=True, text=True)
         except (OSError, subprocess.CalledProcessError) as exc:
             detail = getattr(exc, "stderr", None) or exc
-            self.warn(f"kernel exec observer not built ({shlex.join(cmd)}): {detail}")
-            return
-        self._probe_outputs.append(target)
+            self.warn(f"{what} not built ({shlex.join(cmd)}): {detail}")
+            return False
+        return True
 
     def get_outputs(self) -> list[str]:
         built = [path for path in super().get_outputs() if os.path.exists(path)]

@@ -198,21 +198,29 @@ static long peek_string(pid_t tid, uint64_t addr, char *out, size_t cap)
     return (long)len; /* cut at cap: still something to show */
 }
 
+/* The start of a small /proc file (one read), NUL-terminated; 0 if empty or unreadable. */
+static int read_small(int dir, const char *path, char *text, size_t size)
+{
+    ssize_t n;
+    int fd = openat(dir, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    n = read(fd, text, size - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    text[n] = '\0';
+    return 1;
+}
+
 /* Tgid and PPid of /proc/<tid>/status (proc(5)); 0 if both were found. */
 static int task_ids(pid_t tid, long *tgid, long *ppid)
 {
     char path[64], text[4096];
-    ssize_t n;
-    int fd, found = 0;
+    int found = 0;
     snprintf(path, sizeof path, "/proc/%d/status", (int)tid);
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (!read_small(AT_FDCWD, path, text, sizeof text))
         return -1;
-    n = read(fd, text, sizeof text - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    text[n] = '\0';
     for (char *line = text; line != NULL && *line;) {
         char *next = strchr(line, '\n');
         if (strncmp(line, "Tgid:", 5) == 0) {
@@ -232,15 +240,8 @@ static int task_ids(pid_t tid, long *tgid, long *ppid)
 static long fd_flags(int fdinfo_dir, const char *name)
 {
     char text[256];
-    ssize_t n;
-    int fd = openat(fdinfo_dir, name, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (!read_small(fdinfo_dir, name, text, sizeof text))
         return -1;
-    n = read(fd, text, sizeof text - 1);
-    close(fd);
-    if (n <= 0)
-        return -1;
-    text[n] = '\0';
     char *flags = strstr(text, "flags:");
     return flags ? strtol(flags + 6, NULL, 8) : -1;
 }

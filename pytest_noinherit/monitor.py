@@ -13,7 +13,7 @@ import contextlib
 import sys
 import warnings
 from collections.abc import Callable, Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -22,12 +22,14 @@ from pytest_noinherit import fdtable, findings, recorddir, verdict
 from pytest_noinherit import known as known_mod
 from pytest_noinherit.allowances import Allowance
 from pytest_noinherit.fdtable import FdEntry, FdTable
-from pytest_noinherit.kernel import KernelSession
 from pytest_noinherit.probe import ProbeEnvironment
 from pytest_noinherit.receptions import traceback_at
 from pytest_noinherit.settings import Settings
 from pytest_noinherit.spawns import Spawn, SpawnTracker
 from pytest_noinherit.warning_types import DescriptorLeakWarning
+
+if TYPE_CHECKING:
+    from pytest_noinherit.kernel import KernelSession
 
 Key = tuple[int, int, int]
 _IMPORT_TIME = "import or collection time, before any test"
@@ -102,7 +104,7 @@ class Monitor:
         self.tracker.site_root = str(config.rootpath)
         # A child that holds only 0-2 received nothing: it writes no record.
         self.probe = ProbeEnvironment(self.records.path, every_exec=False)
-        self.kernel = KernelSession(self.records, self.tracker.problems)
+        self.kernel: KernelSession | None = None  # see _kernel()
         self.probe_status = self._start_probe()
         self.nodeid: str | None = None  # the test in progress, for creation records
         self.unpatch = self._start_patch(str(config.rootpath))
@@ -155,7 +157,7 @@ class Monitor:
         mode = self.settings.probe
         if mode == "off" or (mode == "auto" and not self.settings.strict):
             self.probe.hide()
-            self.kernel.hide()
+            self._hide_kernel()
             return "off"
         why_not_kernel = ""
         if mode == "kernel" or (mode == "auto" and sys.platform.startswith("linux")):
@@ -165,13 +167,14 @@ class Monitor:
                 # only one listener may exist per process tree).
                 self.probe.hide()
                 return f"{mode} (in each xdist worker)"
-            why_not_kernel = self.kernel.start(explicit=mode == "kernel")
+            kernel = self._kernel()
+            why_not_kernel = kernel.start(explicit=mode == "kernel")
             if not why_not_kernel:
                 self.probe.hide()  # an outer session's probe must not record our children
                 self.tracker.probe_on = True
                 nnp = ", no_new_privs set: setuid programs gain no privileges"
-                return f"kernel (seccomp exec observer{nnp if self.kernel.no_new_privs else ''})"
-        self.kernel.hide()
+                return f"kernel (seccomp exec observer{nnp if kernel.no_new_privs else ''})"
+        self._hide_kernel()
         fallback = f" (kernel observer unavailable: {why_not_kernel})" if why_not_kernel else ""
         problem = self.probe.self_test()
         if problem:
@@ -180,6 +183,21 @@ class Monitor:
         self.probe.start()
         self.tracker.probe_on = True
         return f"on{fallback}"
+
+    def _kernel(self) -> KernelSession:
+        """This session's part in the process's kernel exec observer."""
+        if self.kernel is None:
+            from pytest_noinherit.kernel import KernelSession  # only where it may be used
+
+            self.kernel = KernelSession(self.records, self.tracker.problems)
+        return self.kernel
+
+    def _hide_kernel(self) -> None:
+        """Keep an outer session's kernel observer from recording this session's children."""
+        # Only an observer of this process can record them, and one exists
+        # only once the module was imported.
+        if self.kernel is not None or "pytest_noinherit.kernel" in sys.modules:
+            self._kernel().hide()
 
     def _start_patch(self, root: str) -> Callable[[], None] | None:
         """Patch mode: PEP 446 creators and a creation record for every descriptor."""
@@ -201,7 +219,8 @@ class Monitor:
         if self.unpatch is not None:
             self.unpatch()
         self.probe.stop()
-        self.kernel.stop()
+        if self.kernel is not None:
+            self.kernel.stop()
         self.tracker.uninstall()
         self.records.remove()
 
