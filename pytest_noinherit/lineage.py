@@ -98,7 +98,7 @@ class ProbeLineage:
             route, argv, hint, site = "exec probe", rec.argv, relation, ""
             if told_of is not None:  # a child Python started: the record decides
                 merged.add(id(told_of))
-                from_test, declared = set(fds), frozenset(told_of.declared)
+                from_test, declared = _from_test(fds, told_of, owner), frozenset(told_of.declared)
                 route, argv, hint, site = told_of.route, told_of.argv, told_of.hint, told_of.site
                 owner.learn(told_of.received)
             elif awaited is not None:  # already judged from what Python knew
@@ -144,6 +144,22 @@ class ProbeLineage:
         self._lineage[pid] = _Lineage(held, declared)
 
 
+def _from_test(fds: dict[int, probe.ProbeFd], told_of: Spawn, owner: _OwnerTable) -> set[int]:
+    """What a record of a child Python started holds that could have come from the test.
+
+    What Python saw go to the child, its declared descriptors, or what the
+    test holds there inheritable.  Anything else the program opened itself
+    and exec'd again, after a first exec that wrote no record (it held only
+    0-2): ``sh -c 'exec 3<file; exec prog'`` is one record, prog's, by this pid.
+    """
+    told = {(d.fd, *d.identity) for d in told_of.received}
+    return {
+        n
+        for n, f in fds.items()
+        if (n, f.dev, f.ino) in told or n in told_of.declared or owner.holds(n, f.dev, f.ino)
+    }
+
+
 def _system_call(systems: list[Spawn], rec: probe.ProbeRecord, owner_pid: int) -> Spawn | None:
     """The os.system call whose shell this record is: sh -c CMD, a child of the test."""
     if rec.ppid != owner_pid or rec.argv[1:2] != ("-c",):
@@ -179,8 +195,13 @@ class _OwnerTable:
         return self._table
 
     def holds(self, fd: int, dev: int, ino: int) -> bool:
+        """Whether the test holds this open file there, inheritable (else no exec passed it on).
+
+        The flag matters: pytest itself holds /dev/null close-on-exec at low
+        numbers, where a shell's own ``exec 3</dev/null`` lands too.
+        """
         entry = self._entries().get(fd)
-        return entry is not None and entry.identity == (dev, ino)
+        return entry is not None and entry.inheritable and entry.identity == (dev, ino)
 
     def describe(self, f: probe.ProbeFd, origins: Origins | None) -> ChildDescriptor:
         known = self._by_identity.get((f.dev, f.ino))

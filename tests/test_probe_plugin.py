@@ -426,3 +426,43 @@ def test_self_test_ignores_the_record_of_valgrinds_launcher() -> None:
     assert [probe._valgrind_record(r) for r in (launcher, tool, child)] == [True, True, False]
     assert probe._self_test_verdict([child], 0, (5, 1, 2)) == ""
     assert "does not show the pipe" in probe._self_test_verdict([child], 0, (5, 1, 3))
+
+
+REEXEC = """
+import os, subprocess
+
+def test_shell_opens_its_own_then_execs():
+    subprocess.run(["/bin/sh", "-c", "exec 3</dev/null 7</dev/null; exec /bin/true"], check=True)
+
+def test_shell_runs_its_last_command_in_place():
+    subprocess.run(["/bin/sh", "-c", "exec 5</dev/null; /bin/true"], check=True)
+
+def test_a_real_leak_through_the_same_exec():
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    try:
+        subprocess.run(["/bin/sh", "-c", "exec 3</dev/null; exec /bin/true"], close_fds=False)
+    finally:
+        os.close(r); os.close(w)
+"""
+
+
+def _observer_modes() -> list[str]:
+    from pytest_noinherit import kernel
+
+    usable = not kernel.unavailable(explicit=True) and kernel.observer_pid() is None
+    return ["on", "kernel"] if usable else ["on"]
+
+
+@pytest.mark.parametrize("mode", _observer_modes())
+def test_what_a_child_opened_before_exec_again_is_not_the_tests(
+    pytester: pytest.Pytester, mode: str
+) -> None:
+    """A first exec without a record, then one by the same pid: only the test's pipe counts."""
+    pytester.makepyfile(test_reexec=REEXEC)
+    result = pytester.runpytest("-p", "noinherit", "--noinherit-strict", "--noinherit-probe", mode)
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(["FAILED test_reexec.py::test_a_real_leak_through_the_same_exec*"])
+    failure = result.stdout.str().split("test_a_real_leak_through_the_same_exec")[1]
+    assert "pipe" in failure
+    assert "chr: /dev/null" not in result.stdout.str()
