@@ -66,7 +66,8 @@ export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1:log_path=$work/sanitize
 
 # The sanitized core must be the one built and loaded, or the run proves nothing.
 for so in pytest_noinherit/_core*.so pytest_noinherit/_probe/lib64/libnoinherit-probe.so; do
-    nm -D "$so" | grep -q __asan_init || { echo "asan: $so is not instrumented" >&2; exit 2; }
+    # grep reads to the end (no -q): under pipefail an early exit would kill nm with SIGPIPE.
+    nm -D "$so" | grep __asan_init >/dev/null || { echo "asan: $so is not instrumented" >&2; exit 2; }
 done
 "$python" -c 'import pytest_noinherit.native as n, sys; sys.exit(0 if n.__file__.startswith(sys.argv[1]) else "asan: the copy'"'"'s core was not imported: " + n.__file__)' "$work"
 
