@@ -148,6 +148,16 @@ def brute(upto):
         except OSError:
             pass
     return out
+
+def fill_table():
+    # /dev/null until EMFILE: the descriptors opened
+    opened = []
+    try:
+        while True:
+            opened.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError as exc:
+        assert exc.errno == 24, exc
+    return opened
 """
 
 
@@ -231,12 +241,7 @@ def test_full_table_emfile() -> None:
         + """
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
-opened = []
-try:
-    while True:
-        opened.append(os.open(os.devnull, os.O_RDONLY))
-except OSError as exc:
-    assert exc.errno == 24, exc
+opened = fill_table()
 os.set_inheritable(opened[-1], True)
 out = {m: entries(native.snapshot(m)) for m in native.METHODS}
 print(json.dumps({"truth": brute(hard), "out": out}))
@@ -676,12 +681,7 @@ def test_descriptor_above_soft_limit_is_seen_without_the_listing() -> None:
         SINCE_HELPERS
         + VALGRIND_LIKE
         + """
-opened = []
-try:
-    while True:
-        opened.append(os.open(os.devnull, os.O_RDONLY))
-except OSError as exc:
-    assert exc.errno == 24, exc
+opened = fill_table()
 table = entries(native.snapshot())
 since = entries(native.snapshot_since(native.snapshot()))
 truth = brute(hard)
