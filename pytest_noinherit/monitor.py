@@ -437,7 +437,9 @@ class Monitor:
     def _judge(self, item: pytest.Item, when: str, own_outcome: bool) -> None:
         __tracebackhide__ = True
         spawns = self.tracker.drain()
-        frames, self.tracker.site_frames = self.tracker.site_frames, {}
+        frames = self.tracker.site_frames
+        if frames:  # kept until this phase is judged, no longer
+            self.tracker.site_frames = {}
         found = []
         if spawns:
             found = verdict.judge_children(
