@@ -8,10 +8,9 @@ PYTEST_DONT_REWRITE (see plugin.py)
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from pytest_noinherit.fdtable import KINDS
 
@@ -28,9 +27,13 @@ MARKER_HELP = (
 FD_MAX = 2**31 - 1
 
 
-@dataclasses.dataclass(frozen=True)
-class ChildDescriptor:
-    """A descriptor a child received, as the verdict and the reports see it."""
+class ChildDescriptor(NamedTuple):
+    """A descriptor a child received, as the verdict and the reports see it.
+
+    The records of this package are NamedTuples: a frozen dataclass costs
+    some 4 M instructions to define (its methods are generated and compiled
+    at import), paid by every pytest run (benchmarks/, start-up).
+    """
 
     fd: int
     kind: str
@@ -46,8 +49,7 @@ class ChildDescriptor:
         return (self.dev, self.ino)
 
 
-@dataclasses.dataclass(frozen=True)
-class Allowance:
+class Allowance(NamedTuple):
     """One declared permission.  All the criteria it names must hold."""
 
     source: str

@@ -9,7 +9,6 @@ PYTEST_DONT_REWRITE (see plugin.py)
 from __future__ import annotations
 
 import collections
-import dataclasses
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -262,11 +261,11 @@ def _origin_lines(f: dict[str, Any]) -> list[str]:
     return lines
 
 
-@dataclasses.dataclass
 class Summary:
     """Everything the terminal summary and the JSON report need, controller side."""
 
-    findings: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    def __init__(self) -> None:
+        self.findings: list[dict[str, Any]] = []
 
     def add(self, items: Iterable[dict[str, Any]]) -> None:
         """Collect findings from one report."""

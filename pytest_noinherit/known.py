@@ -28,8 +28,9 @@ FORMAT = 1
 Entry = tuple[str, str, str]  # (test, type, descriptor)
 
 # pytest's basetemp (pytest-of-USER/pytest-N) and xdist's per-worker folders.
-_PYTEST_TMP = re.compile(r"pytest-of-[^/]+/pytest-\d+/(popen-gw\d+/)?")
-_SOCKET = re.compile(r"^(AF_\w+/SOCK_\w+)\s*(\S*)")
+# (Compiled at first use, by re's cache: most runs keep no known findings.)
+_PYTEST_TMP = r"pytest-of-[^/]+/pytest-\d+/(popen-gw\d+/)?"
+_SOCKET = r"^(AF_\w+/SOCK_\w+)\s*(\S*)"
 
 
 class KnownFileError(ValueError):
@@ -42,7 +43,7 @@ def descriptor_of(f: dict[str, Any]) -> str:
         return "a child's table not seen whole"
     kind, target = str(f.get("kind", "")), str(f.get("target", ""))
     if kind == "socket":
-        m = _SOCKET.match(target)
+        m = re.match(_SOCKET, target)
         if m is None:
             return "socket"
         family, address = m.groups()
@@ -57,7 +58,7 @@ def descriptor_of(f: dict[str, Any]) -> str:
 def _path(path: str) -> str:
     tmp = tempfile.gettempdir().rstrip("/") + "/"
     if path.startswith(tmp):
-        path = "<tmp>/" + _PYTEST_TMP.sub("", path[len(tmp) :])
+        path = "<tmp>/" + re.sub(_PYTEST_TMP, "", path[len(tmp) :])
     return path
 
 

@@ -11,8 +11,8 @@ PYTEST_DONT_REWRITE (see plugin.py)
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable
+from typing import NamedTuple
 
 from pytest_noinherit import fdtable, probe
 from pytest_noinherit.allowances import ChildDescriptor
@@ -210,7 +210,7 @@ class _OwnerTable:
             if entry is not None and f.dev | f.ino:
                 known = self._by_identity[entry.identity] = describe_entry(entry, origins)
         if known is not None and not known.target.startswith("(closed"):
-            return dataclasses.replace(known, fd=f.fd)
+            return known._replace(fd=f.fd)
         if f.sock is not None:  # closed here since: the probe's own reading of it
             kind, target = fdtable.socket_target(*f.sock)
         else:
@@ -221,8 +221,7 @@ class _OwnerTable:
         return ChildDescriptor(f.fd, kind, target, f.dev, f.ino, since, created)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Lineage:
+class _Lineage(NamedTuple):
     """What one recorded process got from the test (fd -> identity), and its declarations."""
 
     held: dict[int, tuple[int, int]]

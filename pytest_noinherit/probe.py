@@ -12,7 +12,6 @@ PYTEST_DONT_REWRITE (see plugin.py)
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import stat
@@ -63,8 +62,7 @@ class ProbeSocket(NamedTuple):
     peer: bytes | None
 
 
-@dataclasses.dataclass(frozen=True)
-class ProbeFd:
+class ProbeFd(NamedTuple):
     """One descriptor a process held right after exec."""
 
     fd: int
@@ -78,8 +76,7 @@ class ProbeFd:
     sock: ProbeSocket | None = None
 
 
-@dataclasses.dataclass(frozen=True)
-class ProbeRecord:
+class ProbeRecord(NamedTuple):
     """What one exec'd program held before its own code ran."""
 
     pid: int
@@ -108,13 +105,15 @@ def library() -> str | None:
 # What stands for itself in an escaped field (probe.c, nip_put_escaped); the
 # rest is \xHH.  Checked with translate and a regex: no Python loop per byte.
 _PLAIN = bytes(range(0x21, 0x7F)).replace(b"\\", b"")
-_ESCAPED = re.compile(rb"(?:[\x21-\x5b\x5d-\x7e]+|\\x[0-9a-fA-F]{2})*")
+# The patterns are compiled at first use (re caches them): compiling them at
+# import would cost every run, most of which never read a record.
+_ESCAPED = rb"(?:[\x21-\x5b\x5d-\x7e]+|\\x[0-9a-fA-F]{2})*"
 _SIGNED = rb" (-?[0-9]{1,20})"
-_FD_LINE = re.compile(rb"fd ([0-9]{1,20})" + _SIGNED * 5 + rb" ([^ ]*)")
+_FD_LINE = rb"fd ([0-9]{1,20})" + _SIGNED * 5 + rb" ([^ ]*)"
 # A sock line: fd, SO_DOMAIN, SO_TYPE, then each address as the hex of at
 # most sizeof(struct sockaddr_storage) bytes, or "-" for none.
 _ADDRESS = rb" (-|(?:[0-9a-f]{2}){0,128})"
-_SOCK_LINE = re.compile(rb"sock ([0-9]{1,20})" + _SIGNED * 2 + _ADDRESS * 2)
+_SOCK_LINE = rb"sock ([0-9]{1,20})" + _SIGNED * 2 + _ADDRESS * 2
 _FIELDS = (b"pid", b"ppid", b"time", b"exe", b"argv")
 
 
@@ -124,7 +123,7 @@ def _unescape(text: bytes) -> str:
         if text.translate(None, _PLAIN):
             raise RecordError("unescaped byte")
         return os.fsdecode(text)
-    if _ESCAPED.fullmatch(text) is None:
+    if re.fullmatch(_ESCAPED, text) is None:
         unescaped = text.translate(None, _PLAIN + b"\\")
         raise RecordError("unescaped byte" if unescaped else "bad escape")
     head, *rest = text.split(b"\\")
@@ -144,7 +143,7 @@ def _number(word: bytes, signed: bool = False) -> int:
 
 def _fd_line(line: bytes) -> ProbeFd:
     """One ``fd`` line: one regex in the common case, word by word to say what is wrong."""
-    m = _FD_LINE.fullmatch(line)
+    m = re.fullmatch(_FD_LINE, line)
     if m is not None:
         fd, fdfl, flfl, dev, ino, mode = map(int, m.groups()[:6])
         return ProbeFd(fd, fdfl, flfl, dev, ino, mode, _unescape(m[7]))
@@ -157,7 +156,7 @@ def _fd_line(line: bytes) -> ProbeFd:
 
 def _sock_line(line: bytes, owner: ProbeFd | None) -> ProbeFd:
     """owner with the socket details of the ``sock`` line that follows its fd line."""
-    m = _SOCK_LINE.fullmatch(line)
+    m = re.fullmatch(_SOCK_LINE, line)
     if m is None:
         raise RecordError("bad sock line")
     fd, family, type_ = map(int, m.groups()[:3])
@@ -168,7 +167,7 @@ def _sock_line(line: bytes, owner: ProbeFd | None) -> ProbeFd:
     if stat.S_IFMT(owner.mode) != stat.S_IFSOCK:
         raise RecordError(f"sock line for fd {fd}, which is no socket")
     local, peer = (None if a == b"-" else bytes.fromhex(a.decode("ascii")) for a in m.groups()[3:])
-    return dataclasses.replace(owner, sock=ProbeSocket(family, type_, local, peer))
+    return owner._replace(sock=ProbeSocket(family, type_, local, peer))
 
 
 def parse_record(data: bytes) -> ProbeRecord:
@@ -365,7 +364,7 @@ def _run_self_test(lib: str, every_exec: bool = True) -> str:
             os.close(w)
         stderr = proc.stderr
         if under_valgrind:
-            stderr = _VALGRIND_CHATTER.sub(b"", stderr)
+            stderr = re.sub(_VALGRIND_CHATTER, b"", stderr)
         if stderr.strip():
             return f"the loader complained: {stderr.decode(errors='replace').strip()}"
         found = [*read_records(directory), *recorddir.sweep(directory, keep=())]
@@ -384,7 +383,7 @@ def _identity(fd: int) -> tuple[int, int]:
 # valgrind(1) prefixes every line it writes with ==PID== (messages) or
 # --PID-- (warnings, debug output); with --trace-children=yes every traced
 # child writes its own, the self-test's /bin/true too.
-_VALGRIND_CHATTER = re.compile(rb"^(?:==[0-9]+==|--[0-9]+--)(?: .*)?\n?", re.MULTILINE)
+_VALGRIND_CHATTER = rb"(?m)^(?:==[0-9]+==|--[0-9]+--)(?: .*)?\n?"
 
 
 def _valgrind_parent() -> bool:

@@ -12,18 +12,16 @@ PYTEST_DONT_REWRITE (see plugin.py)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import os
 import re
 import sys
-import sysconfig
 import types
 from collections.abc import Iterable
 from typing import Any, Callable, NamedTuple
 
-from pytest_noinherit import fdtable, probe, recorddir
+from pytest_noinherit import fdtable, recorddir
 from pytest_noinherit.allowances import ChildDescriptor
 from pytest_noinherit.fdtable import FdEntry, FdTable
 
@@ -40,8 +38,7 @@ STDIO = 3  # descriptors below this are the child's stdio, never judged
 Key = tuple[int, int, int]
 
 
-@dataclasses.dataclass(frozen=True)
-class Spawn:
+class Spawn(NamedTuple):
     """One reception: a child's exec and the undeclared descriptors its program received.
 
     ``incomplete`` says why the child's table could not be seen whole; the
@@ -60,8 +57,10 @@ class Spawn:
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict for the record directory and the JSON report."""
-        d = dataclasses.asdict(self)
+        d = self._asdict()
         d["argv"] = list(self.argv)
+        d["received"] = [r._asdict() for r in self.received]
+        d["declared"] = list(self.declared)
         return d
 
     @classmethod
@@ -192,11 +191,13 @@ _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 def _stdlib() -> tuple[str, ...]:
     """The stdlib folders; sysconfig.get_paths() costs more than the rest of
     this module's import, so it waits for the first call site."""
+    import sysconfig
+
     return tuple({os.path.join(sysconfig.get_paths()[k], "") for k in ("stdlib", "platstdlib")})
 
 
 # site-packages may lie inside the stdlib folder; what is installed there is not stdlib.
-_INSTALLED = re.compile(r"[/\\](site|dist)-packages[/\\]")
+_INSTALLED = r"[/\\](site|dist)-packages[/\\]"  # compiled at first use, by re's cache
 _FRAMES = 40  # a spawn is rarely deeper than this below the code that asked for it
 
 
@@ -229,7 +230,7 @@ def call_site(
             pass
         elif name.startswith("<frozen "):  # a frozen stdlib module: "<frozen os>"
             api = f"{name[8:-1]}.{_function(frame)}"
-        elif _INSTALLED.search(name):
+        elif re.search(_INSTALLED, name):
             library = library or (name, frame.f_lineno, frame.f_code.co_name, api)
         elif name.startswith(_stdlib()):
             module = os.path.splitext(os.path.relpath(name, _stdlib_root(name)))[0]
@@ -304,6 +305,6 @@ def write_record(directory: str, spawn: Spawn) -> None:
 def load_record(path: str) -> Spawn:
     """Read and remove one record; garbage becomes a spawn that says so."""
     try:
-        return Spawn.from_record(probe.take_file(path))
+        return Spawn.from_record(recorddir.take_file(path))
     except (OSError, ValueError, RecursionError) as exc:  # RecordError is a ValueError
         return Spawn(UNREADABLE, None, (os.path.basename(path),), str(exc), ())

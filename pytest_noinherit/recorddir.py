@@ -25,7 +25,6 @@ import contextlib
 import functools
 import os
 import re
-import secrets
 import stat
 import sys
 import tempfile
@@ -78,8 +77,9 @@ _COARSE_CLOCK: int | None = getattr(
 )
 # <prefix><pid>-<process start time>-<random>: enough to tell, later, that
 # the session which made it is gone even if its pid was reused.
-_OWNED_NAME = re.compile(re.escape(PREFIX) + r"([0-9]{1,10})-([0-9]{1,20})-[0-9a-f]{8}", re.ASCII)
-_RECORD_NAME = re.compile(r"([0-9]{1,10})-([0-9]{1,20})\.[a-z]+", re.ASCII)
+# (Compiled at first use, by re's cache, as most runs read no record.)
+_OWNED_NAME = "(?a)" + re.escape(PREFIX) + r"([0-9]{1,10})-([0-9]{1,20})-[0-9a-f]{8}"
+_RECORD_NAME = r"(?a)([0-9]{1,10})-([0-9]{1,20})\.[a-z]+"
 
 T = TypeVar("T")
 
@@ -240,7 +240,7 @@ class RecordDirectory:
         """A new private directory named after this process; stale ones are removed first."""
         parent = parent or default_parent()
         remove_stale(parent)
-        name = f"{PREFIX}{os.getpid()}-{_start_time(os.getpid())}-{secrets.token_hex(4)}"
+        name = f"{PREFIX}{os.getpid()}-{_start_time(os.getpid())}-{os.urandom(4).hex()}"
         path = os.path.join(parent, name)
         os.mkdir(path, 0o700)
         try:
@@ -551,7 +551,7 @@ def take_file(path: str) -> bytes:
 
 def _order(name: str) -> tuple[int, int, str]:
     """Records are named <pid>-<monotonic ns>.<suffix>: oldest first, other names last."""
-    m = _RECORD_NAME.fullmatch(name)
+    m = re.fullmatch(_RECORD_NAME, name)
     return (0, int(m.group(2)), name) if m else (1, 0, name)
 
 
@@ -686,7 +686,7 @@ def _alive(pid: int, started: int) -> bool:
 
 
 def _writer_alive(name: str) -> bool:
-    m = _RECORD_NAME.fullmatch(name)
+    m = re.fullmatch(_RECORD_NAME, name)
     if m is None or _WINDOWS:
         return False
     try:
@@ -717,7 +717,7 @@ def remove_stale(parent: str | None = None) -> int:
         return 0
     try:
         for name in _scan(parent_fd):
-            m = _OWNED_NAME.fullmatch(name)
+            m = re.fullmatch(_OWNED_NAME, name)
             if m is None or int(m.group(1)) == os.getpid():
                 continue
             try:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import stat
 from collections.abc import Mapping
 from typing import Any
@@ -128,7 +127,7 @@ def _create_temp(path: str, folder: str) -> tuple[int, str]:
     # (open(2)).  Mode 0o666 lets the umask decide, as open() would have.
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     for _ in range(10):
-        temp = os.path.join(folder, f"{TEMP_PREFIX}{secrets.token_hex(8)}.tmp")
+        temp = os.path.join(folder, f"{TEMP_PREFIX}{os.urandom(8).hex()}.tmp")
         try:
             return os.open(temp, flags, 0o666), temp
         except FileExistsError:

@@ -28,7 +28,6 @@ PYTEST_DONT_REWRITE (see plugin.py)
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import os
 import stat
@@ -402,8 +401,8 @@ class SpawnTracker:
             return  # with the probe on, the parent must hear of every fork child
         argv = args[1] if len(args) > 1 else ()
         hint = "fork+exec without closing it"
-        spawn = dataclasses.replace(
-            spawn, argv=argv_of(argv), hint=hint, site=call_site("os.exec*", 1, self.site_root)
+        spawn = spawn._replace(
+            argv=argv_of(argv), hint=hint, site=call_site("os.exec*", 1, self.site_root)
         )
         write_record(self.record_dir, spawn)
 
@@ -434,8 +433,7 @@ class _PreexecWitness:
             spawn = self.tracker.fork_child_reception(
                 table, self.at_fork, AFTER_PREEXEC, self.pass_fds
             )
-            spawn = dataclasses.replace(
-                spawn,
+            spawn = spawn._replace(
                 route="subprocess.Popen",
                 argv=self.argv,
                 hint="close_fds=False",
