@@ -182,3 +182,18 @@ int nic_audit_add_hook(const char *module, const char *attribute,
     return result;
 #endif
 }
+
+int nic_audit_release(void)
+{
+#if defined(PYPY_VERSION)
+    errno = ENOSYS;
+    return -1;
+#else
+    PyGILState_STATE gil = PyGILState_Ensure();
+    nic_audit_count = 0;
+    memset(nic_audit_first, 0, sizeof nic_audit_first);
+    Py_CLEAR(nic_audit_callable);
+    PyGILState_Release(gil);
+    return 0;
+#endif
+}

@@ -24,3 +24,10 @@
  * as sys.addaudithook returns None. */
 int nic_audit_add_hook(const char *module, const char *attribute,
                        const char *const *events, int nevents);
+
+/* Drop the callable and the names, keeping the C hook (CPython cannot
+ * remove one): every event returns at once until the next
+ * nic_audit_add_hook.  Held until interpreter shutdown, the callable would
+ * keep its module and everything reachable from it alive into the
+ * finalisation's garbage collections.  Returns 0; ENOSYS as above. */
+int nic_audit_release(void);

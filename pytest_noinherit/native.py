@@ -119,25 +119,59 @@ def snapshot_since(previous: array.array[int], flags: bool = True) -> array.arra
     unless ``flags``): for cheap repeated checks only (noinherit_delta.h).
     Platforms without the incremental read read everything.
     """
-    nprev = len(previous) // ENTRY_WORDS
-    prev = ffi.from_buffer("nic_entry[]", previous)
-    same = ffi.new("int *")
-    options = _DELTA_FLAGS if flags else 0
-    cap = nprev + 64
-    buf = _new_uncleared("nic_entry[]", cap)
-    n = _delta(buf, cap, prev, nprev, options, same)
-    if n < 0:
-        _raise_errno()
-    if same[0]:
-        return previous
-    if n > cap:  # the table grew
-        buf, n = _fill(
-            "nic_entry[]", n + n // 2, lambda b, c: _delta(b, c, prev, nprev, options, same)
-        )
-    _sizing.last_count = n
-    table: array.array[int] = array.array("Q")
-    table.frombytes(ffi.buffer(buf, n * _ENTRY_BYTES))
-    return table
+    # Each thread takes a state of its own from the pool (list.pop and
+    # append are atomic), usually the one it gave back last time.
+    state = _since_pool.pop() if _since_pool else _Since()
+    try:
+        if state.words is not previous:
+            state.view = ffi.from_buffer("nic_entry[]", previous)
+            state.words = previous
+        nprev = len(previous) // ENTRY_WORDS
+        if not nprev + 16 <= state.cap <= 4 * nprev + 256:
+            state.cap = nprev + 64
+            state.out = _new_uncleared("nic_entry[]", state.cap)
+        options = _DELTA_FLAGS if flags else 0
+        same = state.same
+        while True:
+            n = _delta(state.out, state.cap, state.view, nprev, options, same)
+            if n < 0:
+                _raise_errno()
+            if same[0]:
+                return previous
+            if n <= state.cap:
+                break
+            state.cap = n + n // 2  # the table grew; retry with room to spare
+            state.out = _new_uncleared("nic_entry[]", state.cap)
+        _sizing.last_count = n
+        table: array.array[int] = array.array("Q")
+        table.frombytes(ffi.buffer(state.out, n * _ENTRY_BYTES))
+        return table
+    finally:
+        _since_pool.append(state)
+
+
+class _Since:
+    """What snapshot_since keeps from one call to the next.
+
+    It runs once per test, and each cffi allocation costs about as much as
+    the C call itself when nothing changed (~3 k instructions; an attribute
+    of a threading.local ~600): the view of the previous table is kept while
+    the same table comes back (unchanged), the output buffer and the flag
+    are reused.  The entries are copied out of the buffer, so reusing it is
+    safe.
+    """
+
+    __slots__ = ("cap", "out", "same", "view", "words")
+
+    def __init__(self) -> None:
+        self.words: array.array[int] | None = None
+        self.view: Any = None
+        self.out: Any = None
+        self.cap = 0
+        self.same: Any = ffi.new("int *")
+
+
+_since_pool = [_Since()]
 
 
 if hasattr(lib, "nic_snapshot_delta"):  # every POSIX build (noinherit_delta.h)
@@ -277,6 +311,16 @@ def add_audit_hook(module: str, attribute: str, events: Iterable[str]) -> bool:
     names = [ffi.new("char[]", event.encode("ascii")) for event in events]
     result: int = add(module.encode(), attribute.encode(), ffi.new("char *[]", names), len(names))
     return result == 0
+
+
+def release_audit_hook() -> None:
+    """Let the C filter of :func:`add_audit_hook` drop its callable until the next call.
+
+    The hook itself stays (PEP 578 hooks cannot be removed) and ignores every event.
+    """
+    release = getattr(lib, "nic_audit_release", None)
+    if release is not None:
+        release()
 
 
 # -- Windows: the handle table (_native/noinherit_windows.h) --------------------

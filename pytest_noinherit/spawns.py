@@ -531,7 +531,8 @@ class _AuditDispatch:
 
     def __init__(self) -> None:
         self.stack: list[SpawnTracker] = []
-        self.added = False
+        self.python_hook = False  # added with sys.addaudithook: there for good
+        self.c_filter = False  # the native core's filter calls _audit_hook
 
     @property
     def current(self) -> SpawnTracker | None:
@@ -539,14 +540,23 @@ class _AuditDispatch:
 
     def activate(self, tracker: SpawnTracker) -> None:
         self.stack.append(tracker)
-        if not self.added:
-            if not _c_filter():
+        if not (self.python_hook or self.c_filter):
+            self.c_filter = _c_filter()
+            if not self.c_filter:
                 sys.addaudithook(_audit_hook)
-            self.added = True
+                self.python_hook = True
 
     def deactivate(self, tracker: SpawnTracker) -> None:
         if tracker in self.stack:
             self.stack.remove(tracker)
+        if not self.stack and self.c_filter:
+            # The C hook stays, inert.  Holding _audit_hook until shutdown would
+            # keep this package's modules alive into the interpreter's final
+            # garbage collections, which then walk them (~4 M instructions).
+            from pytest_noinherit import native
+
+            native.release_audit_hook()
+            self.c_filter = False
 
 
 def _hook_for(stack: list[SpawnTracker]) -> Callable[[str, tuple[Any, ...]], None]:
