@@ -10,6 +10,7 @@ PYTEST_DONT_REWRITE (see plugin.py)
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import warnings
 from collections.abc import Callable, Generator
@@ -19,20 +20,22 @@ import pytest
 
 from pytest_noinherit import allowances as allow_mod
 from pytest_noinherit import fdtable, findings, recorddir, verdict
-from pytest_noinherit import known as known_mod
 from pytest_noinherit.allowances import MARKER, Allowance
 from pytest_noinherit.fdtable import FdEntry, FdTable
-from pytest_noinherit.probe import ProbeEnvironment
 from pytest_noinherit.receptions import traceback_at
 from pytest_noinherit.settings import Settings
 from pytest_noinherit.spawns import Spawn, SpawnTracker
 from pytest_noinherit.warning_types import DescriptorLeakWarning
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: most runs need neither the probe nor these
+    from pytest_noinherit import known as known_mod
     from pytest_noinherit.kernel import KernelSession
+    from pytest_noinherit.probe import ProbeEnvironment
 
 Key = tuple[int, int, int]
 _IMPORT_TIME = "import or collection time, before any test"
+#: probe.DIR_ENV, read here so that a run without the probe need not import it.
+PROBE_DIR_ENV = "NOINHERIT_PROBE_DIR"
 
 
 def _key(e: FdEntry) -> Key:
@@ -69,6 +72,10 @@ def _marker_source(item: pytest.Item, node: Any) -> str:
     return f"marker on {node.nodeid}"
 
 
+def _fixture_name(fixturedef: pytest.FixtureDef[Any]) -> str:
+    return f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r}"
+
+
 def _xdist_controller(config: pytest.Config) -> bool:
     """Whether this process is a pytest-xdist controller, whose workers run the tests."""
     if hasattr(config, "workerinput"):
@@ -102,8 +109,7 @@ class Monitor:
             raise pytest.UsageError(f"noinherit: cannot make its record directory: {exc}") from None
         self.tracker = _tracker_class()({_key(e) for e in self.baseline}, self.records)
         self.tracker.site_root = str(config.rootpath)
-        # A child that holds only 0-2 received nothing: it writes no record.
-        self.probe = ProbeEnvironment(self.records.path, every_exec=False)
+        self.probe: ProbeEnvironment | None = None  # see _probe()
         self.kernel: KernelSession | None = None  # see _kernel()
         self.probe_status = self._start_probe()
         self.nodeid: str | None = None  # the test in progress, for creation records
@@ -128,7 +134,7 @@ class Monitor:
         self.before: FdTable | None = None
         self.allowances: list[Allowance] = []
         # Fixtures being set up (innermost last) and what each allowed.
-        self.fixture_stack: list[tuple[int, str]] = []
+        self.fixture_stack: list[pytest.FixtureDef[Any]] = []
         self.fixture_allowances: dict[int, list[Allowance]] = {}
         # Failing findings of a phase whose own outcome was an exception
         # (a failure, a skip, an xfail): raised again at the test's teardown.
@@ -141,6 +147,8 @@ class Monitor:
         path = self.settings.known_path
         if not path:
             return None
+        from pytest_noinherit import known as known_mod
+
         try:
             return known_mod.KnownFindings.load(path)
         except known_mod.KnownFileError as exc:
@@ -156,7 +164,8 @@ class Monitor:
         """
         mode = self.settings.probe
         if mode == "off" or (mode == "auto" and not self.settings.strict):
-            self.probe.hide()
+            if os.environ.get(PROBE_DIR_ENV) is not None:  # an outer session's probe
+                self._probe().hide()
             self._hide_kernel()
             return "off"
         why_not_kernel = ""
@@ -165,24 +174,34 @@ class Monitor:
                 # The workers run the tests and their children: each installs
                 # its own filter (one installed here would be theirs too, and
                 # only one listener may exist per process tree).
-                self.probe.hide()
+                self._probe().hide()
                 return f"{mode} (in each xdist worker)"
             kernel = self._kernel()
             why_not_kernel = kernel.start(explicit=mode == "kernel")
             if not why_not_kernel:
-                self.probe.hide()  # an outer session's probe must not record our children
+                self._probe().hide()  # an outer session's probe must not record our children
                 self.tracker.probe_on = True
                 nnp = ", no_new_privs set: setuid programs gain no privileges"
                 return f"kernel (seccomp exec observer{nnp if kernel.no_new_privs else ''})"
         self._hide_kernel()
         fallback = f" (kernel observer unavailable: {why_not_kernel})" if why_not_kernel else ""
-        problem = self.probe.self_test()
+        probe = self._probe()
+        problem = probe.self_test()
         if problem:
-            self.probe.hide()
+            probe.hide()
             return f"unavailable: {problem}{fallback}"
-        self.probe.start()
+        probe.start()
         self.tracker.probe_on = True
         return f"on{fallback}"
+
+    def _probe(self) -> ProbeEnvironment:
+        """This session's switch of the exec probe in os.environ."""
+        if self.probe is None:
+            from pytest_noinherit.probe import ProbeEnvironment
+
+            # A child that holds only 0-2 received nothing: it writes no record.
+            self.probe = ProbeEnvironment(self.records.path, every_exec=False)
+        return self.probe
 
     def _kernel(self) -> KernelSession:
         """This session's part in the process's kernel exec observer."""
@@ -218,7 +237,8 @@ class Monitor:
         """Undo everything: patches, probe environment, wrappers, record directory."""
         if self.unpatch is not None:
             self.unpatch()
-        self.probe.stop()
+        if self.probe is not None:
+            self.probe.stop()
         if self.kernel is not None:
             self.kernel.stop()
         self.tracker.uninstall()
@@ -238,9 +258,10 @@ class Monitor:
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
         __tracebackhide__ = True  # a failure raised here is about the test, not the plugin
-        spawns = self.tracker.drain()
-        if spawns:
-            self._judge_outside(spawns)
+        if not self.tracker.quiet():
+            spawns = self.tracker.drain()
+            if spawns:
+                self._judge_outside(spawns)
         self.nodeid = item.nodeid
         if self.known is not None:  # what ran matters only to the known findings
             self.ran.add(item.nodeid)
@@ -261,7 +282,8 @@ class Monitor:
             # The test's own outcome stands; its violations fail its teardown.
             self._judge(item, "setup", own_outcome=True)
             raise
-        self._judge(item, "setup", own_outcome=False)
+        if not self.tracker.quiet():
+            self._judge(item, "setup", own_outcome=False)
         if problem:
             # Raised after setup so that pytest's own setup and teardown stay paired.
             pytest.fail(problem, pytrace=False)
@@ -274,7 +296,8 @@ class Monitor:
         except BaseException:
             self._judge(item, "call", own_outcome=True)
             raise
-        self._judge(item, "call", own_outcome=False)
+        if not self.tracker.quiet():
+            self._judge(item, "call", own_outcome=False)
         return result
 
     @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -322,14 +345,14 @@ class Monitor:
     def pytest_fixture_setup(
         self, fixturedef: pytest.FixtureDef[Any], request: pytest.FixtureRequest
     ) -> Generator[None, object, object]:
-        name = f"the {fixturedef.scope}-scoped fixture {fixturedef.argname!r}"
         # noinherit.allow() during this setup belongs to this fixture.
-        self.fixture_stack.append((id(fixturedef), name))
+        self.fixture_stack.append(fixturedef)
         if fixturedef.scope == "function":
             try:
                 return (yield)
             finally:
                 self.fixture_stack.pop()
+        name = _fixture_name(fixturedef)
         before = fdtable.snapshot()
         try:
             return (yield)
@@ -388,7 +411,8 @@ class Monitor:
         scope; otherwise they hold for the rest of the test in progress.
         """
         if self.fixture_stack:
-            key, name = self.fixture_stack[-1]
+            fixturedef = self.fixture_stack[-1]
+            key, name = id(fixturedef), _fixture_name(fixturedef)
             where = f"{name}" + (f" (set up in {self.nodeid})" if self.nodeid else "")
             self.fixture_allowances.setdefault(key, []).extend(
                 build(f"noinherit.allow() in {where}")

@@ -34,12 +34,11 @@ import stat
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from pytest_noinherit import fdtable, recorddir
 from pytest_noinherit.allowances import ChildDescriptor
 from pytest_noinherit.fdtable import FdEntry, FdTable
-from pytest_noinherit.lineage import ProbeLineage
 from pytest_noinherit.receptions import (
     AFTER_PREEXEC,
     OBSERVED,
@@ -60,6 +59,9 @@ from pytest_noinherit.receptions import (
     write_record,
 )
 from pytest_noinherit.recorddir import RecordDirectory
+
+if TYPE_CHECKING:
+    from pytest_noinherit.lineage import ProbeLineage
 
 __all__ = [
     "AFTER_PREEXEC",
@@ -92,7 +94,7 @@ class SpawnTracker:
         self.problems: list[str] = []  # internal errors, shown once in the summary
         self.probe_on = False
         self.origins: Origins | None = None  # patch mode's creation records
-        self.lineage = ProbeLineage(records, self.owner_pid, baseline, self.problems)
+        self._lineage: ProbeLineage | None = None  # only with the probe or the kernel observer
         self.site_root: str | None = None  # call sites are shown relative to it
         # The frames of the call sites of this phase's receiving children, by site.
         self.site_frames: dict[str, CallFrame] = {}
@@ -139,6 +141,18 @@ class SpawnTracker:
 
     # -- draining -------------------------------------------------------------
 
+    def lineage(self) -> ProbeLineage:
+        """The matching of exec records with the children Python started."""
+        if self._lineage is None:
+            from pytest_noinherit.lineage import ProbeLineage
+
+            self._lineage = ProbeLineage(self.records, self.owner_pid, self.baseline, self.problems)
+        return self._lineage
+
+    def quiet(self) -> bool:
+        """Nothing to drain and no call-site frame kept: every phase's common case."""
+        return not (self._pending or self._forked or self.probe_on or self.site_frames)
+
     def drain(self) -> list[Spawn]:
         """Every reception since the last drain, one per child exec.
 
@@ -147,7 +161,7 @@ class SpawnTracker:
         the table seen in the child decides which descriptors it received.
         """
         if not (self._pending or self._forked or self.probe_on):
-            return []  # the common case, every phase of every test: stay cheap
+            return []  # the common case
         with self._lock:
             pending, self._pending = self._pending, []
         # Records exist only once some process forked: a fork child may exec
@@ -158,7 +172,7 @@ class SpawnTracker:
             told = [s for s in told if s.pid not in failed]
         if not self.probe_on:
             return [s for s in told if s.received or s.incomplete]
-        return self.lineage.drain(told, self.origins)
+        return self.lineage().drain(told, self.origins)
 
     def read_records(self) -> list[Spawn]:
         """Consume the record files fork children left; malformed ones become problems."""

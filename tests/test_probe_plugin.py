@@ -466,3 +466,40 @@ def test_what_a_child_opened_before_exec_again_is_not_the_tests(
     failure = result.stdout.str().split("test_a_real_leak_through_the_same_exec")[1]
     assert "pipe" in failure
     assert "chr: /dev/null" not in result.stdout.str()
+
+
+def test_an_inner_session_without_the_probe_hides_the_outer_one(pytester: pytest.Pytester) -> None:
+    """An in-process inner session with the probe off: its children run without the
+    outer session's probe, and the outer session gets its variables back after it."""
+    pytester.makepyfile(
+        inner_suite="""
+import os, subprocess
+
+def test_inner_children_run_without_the_probe():
+    seen = [os.environ.get("NOINHERIT_PROBE_DIR"), os.environ.get("LD_PRELOAD")]
+    with open(os.path.join(os.path.dirname(__file__), "inner-env.txt"), "w") as f:
+        f.write(repr(seen))
+    r, w = os.pipe()
+    os.set_inheritable(w, True)
+    subprocess.run(["sh", "-c", "/bin/true"], close_fds=False)
+    os.close(r); os.close(w)
+""",
+        test_outer="""
+import os, pytest
+
+def test_nested():
+    outer = os.environ["NOINHERIT_PROBE_DIR"]
+    here = os.path.dirname(__file__)
+    rc = pytest.main(["-q", "-p", "noinherit", "--noinherit-probe=off",
+                      "-p", "no:cacheprovider", os.path.join(here, "inner_suite.py")])
+    assert rc == 1  # the inner session's own Python-side view still fails it
+    assert os.environ["NOINHERIT_PROBE_DIR"] == outer
+""",
+    )
+    report = pytester.path / "report.json"
+    result = pytester.runpytest(
+        "-p", "noinherit", "--noinherit-probe=on", f"--noinherit-report={report}", "test_outer.py"
+    )
+    result.assert_outcomes(passed=1)
+    assert json.loads(report.read_text())["receptions"] == []
+    assert (pytester.path / "inner-env.txt").read_text() == "[None, None]"
