@@ -9,10 +9,12 @@
   is a small executable, built on Linux next to the probe and just as
   optional: without it the mode reports itself unavailable and the session
   falls back to the probe.
+* An editable install gets the bytecode pip writes for a wheel's modules.
 """
 
 from __future__ import annotations
 
+import compileall
 import os
 import platform
 import shlex
@@ -73,6 +75,8 @@ class build_ext_with_probe(build_ext):
 
     def run(self) -> None:
         super().run()
+        if self.inplace:
+            self._byte_compile_in_place()
         self._probe_outputs: list[str] = []
         abis = PROBE_ABIS.get(platform.machine()) if sys.platform.startswith("linux") else None
         if abis is None:
@@ -95,6 +99,25 @@ class build_ext_with_probe(build_ext):
                 self.copy_file(targets[0], target)
             self._probe_outputs += targets
         self._build_observer(compiler, package_dir)
+
+    def _byte_compile_in_place(self) -> None:
+        """The package's bytecode in the source tree, as pip writes it for a wheel install.
+
+        Python reads an up-to-date ``.pyc`` under ``PYTHONDONTWRITEBYTECODE=1``
+        (common in containers) but never writes one, so an editable install
+        would compile the plugin's modules again in every pytest run, some
+        200 M instructions (benchmarks/README.md).  A module edited later is
+        compiled from its source, as always.  Optional, like the probe.
+        """
+        package_dir = self.get_finalized_command("build_py").get_package_dir("pytest_noinherit")
+        try:
+            done = compileall.compile_dir(package_dir, maxlevels=0, quiet=1)
+        except OSError as exc:
+            done, why = False, str(exc)
+        else:
+            why = "see above"
+        if not done:
+            self.warn(f"bytecode not written into {package_dir} ({why})")
 
     def _build_observer(self, compiler: list[str], package_dir: str) -> None:
         """The kernel exec observer, optional like the probe."""
