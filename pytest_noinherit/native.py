@@ -16,7 +16,6 @@ import errno
 import operator
 import os
 import sys
-import threading
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, SupportsIndex
 
@@ -62,17 +61,6 @@ TRUNCATED = "... (truncated)"
 _SOCKADDR_SIZE = 128  # sizeof(struct sockaddr_storage)
 
 
-class _Sizing(threading.local):
-    """The last snapshot's length, to size the next buffer in one go.
-
-    A per-thread hint, not state: a wrong guess only costs a retry.
-    """
-
-    last_count = 0
-
-
-_sizing = _Sizing()
-
 # The C side writes every entry it reports and Python reads no further, so
 # zeroing the buffer (cffi's default) would only cost time on big tables.
 _new_uncleared = ffi.new_allocator(should_clear_after_alloc=False)
@@ -103,7 +91,17 @@ def snapshot(method: str = "auto") -> array.array[int]:
         code = METHODS[method]
     except (KeyError, TypeError):
         raise ValueError(f"unknown snapshot method {method!r}") from None
-    return _read(lambda buf, cap: lib.nic_snapshot(buf, cap, code))
+    scratch = _scratch_pool.pop() if _scratch_pool else _Scratch()
+    try:
+        while True:
+            n = lib.nic_snapshot(scratch.out, scratch.cap, code)
+            if n < 0:
+                _raise_errno()
+            if n <= scratch.cap:
+                return scratch.copy(n)
+            scratch.fit(n + n // 2)  # the table grew; retry with room to spare
+    finally:
+        _scratch_pool.append(scratch)
 
 
 def snapshot_since(previous: array.array[int], flags: bool = True) -> array.array[int]:
@@ -119,59 +117,62 @@ def snapshot_since(previous: array.array[int], flags: bool = True) -> array.arra
     unless ``flags``): for cheap repeated checks only (noinherit_delta.h).
     Platforms without the incremental read read everything.
     """
-    # Each thread takes a state of its own from the pool (list.pop and
-    # append are atomic), usually the one it gave back last time.
-    state = _since_pool.pop() if _since_pool else _Since()
+    scratch = _scratch_pool.pop() if _scratch_pool else _Scratch()
     try:
-        if state.words is not previous:
-            state.view = ffi.from_buffer("nic_entry[]", previous)
-            state.words = previous
+        if scratch.words is not previous:
+            scratch.view = ffi.from_buffer("nic_entry[]", previous)
+            scratch.words = previous
         nprev = len(previous) // ENTRY_WORDS
-        if not nprev + 16 <= state.cap <= 4 * nprev + 256:
-            state.cap = nprev + 64
-            state.out = _new_uncleared("nic_entry[]", state.cap)
+        scratch.fit(nprev + 64)
         options = _DELTA_FLAGS if flags else 0
-        same = state.same
+        same = scratch.same
         while True:
-            n = _delta(state.out, state.cap, state.view, nprev, options, same)
+            n = _delta(scratch.out, scratch.cap, scratch.view, nprev, options, same)
             if n < 0:
                 _raise_errno()
             if same[0]:
                 return previous
-            if n <= state.cap:
-                break
-            state.cap = n + n // 2  # the table grew; retry with room to spare
-            state.out = _new_uncleared("nic_entry[]", state.cap)
-        _sizing.last_count = n
-        table: array.array[int] = array.array("Q")
-        table.frombytes(ffi.buffer(state.out, n * _ENTRY_BYTES))
-        return table
+            if n <= scratch.cap:
+                return scratch.copy(n)
+            scratch.fit(n + n // 2)
     finally:
-        _since_pool.append(state)
+        _scratch_pool.append(scratch)
 
 
-class _Since:
-    """What snapshot_since keeps from one call to the next.
+class _Scratch:
+    """What snapshot() and snapshot_since() reuse from one call to the next.
 
-    It runs once per test, and each cffi allocation costs about as much as
-    the C call itself when nothing changed (~3 k instructions; an attribute
-    of a threading.local ~600): the view of the previous table is kept while
-    the same table comes back (unchanged), the output buffer and the flag
-    are reused.  The entries are copied out of the buffer, so reusing it is
-    safe.
+    The per-test check runs once per test, and each cffi allocation costs
+    about as much as its C call when nothing changed (~3 k instructions; an
+    attribute of a threading.local ~600): the output buffer and the flag are
+    reused, and the view of the previous table is kept while the same table
+    comes back (unchanged).  Entries are copied out of the buffer, so reuse
+    is safe.  Each thread takes one from ``_scratch_pool`` for the length of
+    a call (list.pop and append are atomic), usually the one it gave back.
     """
 
     __slots__ = ("cap", "out", "same", "view", "words")
 
     def __init__(self) -> None:
-        self.words: array.array[int] | None = None
+        self.words: array.array[int] | None = None  # the table ``view`` shows
         self.view: Any = None
-        self.out: Any = None
-        self.cap = 0
+        self.cap = 64
+        self.out: Any = _new_uncleared("nic_entry[]", self.cap)
         self.same: Any = ffi.new("int *")
 
+    def fit(self, wanted: int) -> None:
+        """Room for wanted entries; a buffer much too large for them is given back."""
+        if not wanted <= self.cap <= 4 * wanted + 256:
+            self.cap = max(wanted, 64)
+            self.out = _new_uncleared("nic_entry[]", self.cap)
 
-_since_pool = [_Since()]
+    def copy(self, n: int) -> array.array[int]:
+        table: array.array[int] = array.array("Q")
+        table.frombytes(ffi.buffer(self.out, n * _ENTRY_BYTES))
+        return table
+
+
+_scratch_pool = [_Scratch()]
 
 
 if hasattr(lib, "nic_snapshot_delta"):  # every POSIX build (noinherit_delta.h)
@@ -199,8 +200,7 @@ def _fill(ctype: str, cap: int, call: Callable[[Any, int], int]) -> tuple[Any, i
 
 def _read(call: Callable[[Any, int], int]) -> array.array[int]:
     """Run a snapshot call into a flat array of entries."""
-    buf, n = _fill("nic_entry[]", max(64, _sizing.last_count * 2), call)
-    _sizing.last_count = n
+    buf, n = _fill("nic_entry[]", 64, call)
     table: array.array[int] = array.array("Q")
     table.frombytes(ffi.buffer(buf, n * _ENTRY_BYTES))
     return table

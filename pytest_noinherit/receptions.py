@@ -197,7 +197,15 @@ def _stdlib() -> tuple[str, ...]:
 
 
 # site-packages may lie inside the stdlib folder; what is installed there is not stdlib.
-_INSTALLED = r"[/\\](site|dist)-packages[/\\]"  # compiled at first use, by re's cache
+_INSTALLED = r"[/\\](site|dist)-packages[/\\]"
+
+
+@functools.cache
+def _installed() -> re.Pattern[str]:
+    """_INSTALLED compiled at the first call site, not at import (most runs never need it)."""
+    return re.compile(_INSTALLED)
+
+
 _FRAMES = 40  # a spawn is rarely deeper than this below the code that asked for it
 
 
@@ -220,7 +228,7 @@ def call_site(
     so that a failure about this child can be raised *in* it (:func:`traceback_at`).
     """
     frame: Any = sys._getframe(depth)
-    api = route
+    api: Any = None  # the outermost standard-library frame so far: named only once found
     library = None  # the first installed package's frame, if no project frame comes
     for _ in range(_FRAMES):
         if frame is None:
@@ -229,19 +237,30 @@ def call_site(
         if name.startswith(_PACKAGE):
             pass
         elif name.startswith("<frozen "):  # a frozen stdlib module: "<frozen os>"
-            api = f"{name[8:-1]}.{_function(frame)}"
-        elif re.search(_INSTALLED, name):
+            api = frame
+        elif _installed().search(name):
             library = library or (name, frame.f_lineno, frame.f_code.co_name, api)
         elif name.startswith(_stdlib()):
-            module = os.path.splitext(os.path.relpath(name, _stdlib_root(name)))[0]
-            api = f"{module.replace(os.sep, '.')}.{_function(frame)}"
+            api = frame
         else:
-            site = _site(name, frame.f_lineno, frame.f_code.co_name, api, root)
+            site = _site(name, frame.f_lineno, frame.f_code.co_name, _api(api, route), root)
             if frames is not None:
                 frames.setdefault(site, CallFrame(frame, frame.f_lasti, frame.f_lineno))
             return site
         frame = frame.f_back
-    return _site(*library, root) if library else api
+    if library is None:
+        return _api(api, route)
+    name, line, function, api = library
+    return _site(name, line, function, _api(api, route), root)
+
+
+def _api(frame: Any, route: str) -> str:
+    """The standard-library function a frame runs, ``subprocess.run``; route without one."""
+    if frame is None:
+        return route
+    name = frame.f_code.co_filename
+    module = name[8:-1] if name.startswith("<frozen ") else _stdlib_module(name)
+    return f"{module}.{_function(frame)}"
 
 
 class CallFrame(NamedTuple):
@@ -276,14 +295,30 @@ def _function(frame: Any) -> str:
     return name.removesuffix(".__init__") if hasattr(str, "removesuffix") else name
 
 
-def _stdlib_root(name: str) -> str:
-    return next(root for root in _stdlib() if name.startswith(root))
+@functools.lru_cache(maxsize=256)
+def _stdlib_module(name: str) -> str:
+    """``subprocess`` for the stdlib's subprocess.py (cached: os.path.relpath costs ~50 k
+    instructions, and the same few files start every child)."""
+    root = next(root for root in _stdlib() if name.startswith(root))
+    return os.path.splitext(os.path.relpath(name, root))[0].replace(os.sep, ".")
 
 
 def _shown_path(name: str, root: str | None) -> str:
     """A path relative to root (or the working directory) when it lies below it."""
+    if root is not None and os.path.isabs(root) and os.path.isabs(name):
+        return _shown_below(name, root)  # the answer cannot depend on the working directory
+    return _relative_if_below(name, root or os.curdir)
+
+
+@functools.lru_cache(maxsize=256)
+def _shown_below(name: str, root: str) -> str:
+    """_relative_if_below, cached: os.path.relpath costs ~50 k instructions."""
+    return _relative_if_below(name, root)
+
+
+def _relative_if_below(name: str, root: str) -> str:
     try:
-        rel = os.path.relpath(name, root or os.curdir)
+        rel = os.path.relpath(name, root)
     except ValueError:  # another drive on Windows
         return name
     return name if rel.startswith("..") else rel

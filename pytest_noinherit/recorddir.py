@@ -311,6 +311,14 @@ class RecordDirectory:
         mtime = os.fstat(self.fd).st_mtime_ns
         return mtime >= self._listed_at or mtime != self._listed_mtime
 
+    def empty(self) -> bool:
+        """True when the last listing found nothing and nothing changed since: one fstat().
+
+        False whenever that cannot be told (never listed, a filesystem
+        without trustworthy timestamps): then list it.
+        """
+        return self._listing == [] and not self.changed()
+
     def _current(self) -> list[str]:
         """The entries: the last listing while nothing changed since, else a new one."""
         if self._listing is not None and not self.changed():

@@ -164,6 +164,8 @@ class SpawnTracker:
             return []  # the common case
         with self._lock:
             pending, self._pending = self._pending, []
+        if not pending and isinstance(self.records, RecordDirectory) and self.records.empty():
+            return []  # no child since the last drain, no record either: nothing to merge
         # Records exist only once some process forked: a fork child may exec
         # long after, so from then on every drain looks.
         told = pending + (self.read_records() if self._forked or self.probe_on else [])
