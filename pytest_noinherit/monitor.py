@@ -34,8 +34,6 @@ if TYPE_CHECKING:  # imported where used: most runs need neither the probe nor t
 
 Key = tuple[int, int, int]
 _IMPORT_TIME = "import or collection time, before any test"
-#: probe.DIR_ENV, read here so that a run without the probe need not import it.
-PROBE_DIR_ENV = "NOINHERIT_PROBE_DIR"
 
 
 def _key(e: FdEntry) -> Key:
@@ -164,7 +162,8 @@ class Monitor:
         """
         mode = self.settings.probe
         if mode == "off" or (mode == "auto" and not self.settings.strict):
-            if os.environ.get(PROBE_DIR_ENV) is not None:  # an outer session's probe
+            # An outer session's probe (read here: a run without it does not import probe.py).
+            if os.environ.get(recorddir.PROBE_DIR_ENV) is not None:
                 self._probe().hide()
             self._hide_kernel()
             return "off"
@@ -258,10 +257,9 @@ class Monitor:
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, None, None]:
         __tracebackhide__ = True  # a failure raised here is about the test, not the plugin
-        if not self.tracker.quiet():
-            spawns = self.tracker.drain()
-            if spawns:
-                self._judge_outside(spawns)
+        spawns = self.tracker.drain()
+        if spawns:
+            self._judge_outside(spawns)
         self.nodeid = item.nodeid
         if self.known is not None:  # what ran matters only to the known findings
             self.ran.add(item.nodeid)

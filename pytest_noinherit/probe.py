@@ -38,7 +38,7 @@ __all__ = [
     "take_file",
 ]
 
-DIR_ENV = "NOINHERIT_PROBE_DIR"
+DIR_ENV = recorddir.PROBE_DIR_ENV
 #: "1": a record of every exec, also of programs that hold only 0-2.
 ALL_ENV = "NOINHERIT_PROBE_ALL"
 PRELOAD_ENV = "LD_PRELOAD"

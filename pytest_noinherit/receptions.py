@@ -197,13 +197,10 @@ def _stdlib() -> tuple[str, ...]:
 
 
 # site-packages may lie inside the stdlib folder; what is installed there is not stdlib.
-_INSTALLED = r"[/\\](site|dist)-packages[/\\]"
-
-
 @functools.cache
 def _installed() -> re.Pattern[str]:
-    """_INSTALLED compiled at the first call site, not at import (most runs never need it)."""
-    return re.compile(_INSTALLED)
+    """Compiled at the first call site, not at import: most runs never need it."""
+    return re.compile(r"[/\\](site|dist)-packages[/\\]")
 
 
 _FRAMES = 40  # a spawn is rarely deeper than this below the code that asked for it

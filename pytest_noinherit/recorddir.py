@@ -56,6 +56,8 @@ PREFIX = "pytest-noinherit-"
 PROBE_SUFFIX = ".rec"
 FORK_SUFFIX = ".json"
 PARTIAL_SUFFIX = ".tmp"  # a probe record being written
+#: The variable that tells the exec probe (and its children) where to write.
+PROBE_DIR_ENV = "NOINHERIT_PROBE_DIR"
 SUFFIXES = (PROBE_SUFFIX, FORK_SUFFIX, PARTIAL_SUFFIX)
 # A probe record holds one line per descriptor, about 50 bytes for a pipe or
 # a socket and 100 for a file in a pytest tmp_path.  64 MiB is a full table
